@@ -1,0 +1,162 @@
+"""Read a GGUF's metadata and router weights with the `gguf` package (never llama.cpp).
+
+llama.cpp aborts the whole process on some inconsistent MoE metadata, so every file is checked here
+before llama.cpp sees it: the checks turn such files into an EngineError that says what was found.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from moechat.errors import EngineError
+
+GGUF_MAGIC = b"GGUF"
+EXPERT_NAMES_KEY = "moechat.expert_names"
+
+
+class NotMoEError(EngineError):
+    """The file is a valid dense model: it has no experts to route between."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What moechat needs to know about a model file before and after loading it."""
+
+    path: Path
+    architecture: str
+    name: str
+    n_layers: int
+    n_embd: int
+    n_experts: int  # 0 for a dense model
+    n_experts_used: int
+    context_length: int
+    file_type: str
+    size_bytes: int
+    chat_template: str | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    expert_names: tuple[str, ...] = ()
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+
+def open_reader(path: str | Path) -> gguf.GGUFReader:
+    """Open a GGUF for reading; a missing, foreign, truncated or corrupt file raises EngineError."""
+    p = Path(path)
+    if not p.is_file():
+        raise EngineError(f"model file not found: {p}. Check the path, or run without --model for the demo.")
+    with p.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise EngineError(f"{p.name} is not a GGUF file (it starts with {magic!r}, not b'GGUF').")
+    try:
+        reader = gguf.GGUFReader(p)
+    except Exception as exc:  # the reader raises many kinds on damaged headers; all mean the same here
+        raise EngineError(
+            f"{p.name} is a damaged or truncated GGUF ({type(exc).__name__}: {exc}). Download it again."
+        ) from exc
+    _check_complete(reader, p)
+    return reader
+
+
+def _check_complete(reader: gguf.GGUFReader, p: Path) -> None:
+    size = os.path.getsize(p)
+    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
+    if end > size:
+        raise EngineError(
+            f"{p.name} is truncated: its tensors need {end:,} bytes but the file has {size:,}. Download it again."
+        )
+
+
+def field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    """A metadata value as a Python object (str, int, float, bool or list), or `default`."""
+    f = reader.get_field(key)
+    if f is None:
+        return default
+    value = f.contents()
+    return default if value is None else value
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """Read and validate a model's metadata. Raises EngineError for files llama.cpp cannot run."""
+    reader = open_reader(path)
+    p = Path(path)
+    arch = field(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise EngineError(f"{p.name} has no general.architecture: it is not a model GGUF.")
+    n_experts = int(field(reader, f"{arch}.expert_count", 0) or 0)
+    n_used = int(field(reader, f"{arch}.expert_used_count", 0) or 0)
+    _check_experts(reader, p, arch, n_experts, n_used)
+    file_type = field(reader, "general.file_type")
+    info = ModelInfo(
+        path=p,
+        architecture=arch,
+        name=str(field(reader, "general.name", p.stem)),
+        n_layers=int(field(reader, f"{arch}.block_count", 0)),
+        n_embd=int(field(reader, f"{arch}.embedding_length", 0)),
+        n_experts=n_experts,
+        n_experts_used=n_used,
+        context_length=int(field(reader, f"{arch}.context_length", 0)),
+        file_type=_file_type_name(file_type),
+        size_bytes=os.path.getsize(p),
+        chat_template=field(reader, "tokenizer.chat_template"),
+        bos_id=field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_id=field(reader, "tokenizer.ggml.eos_token_id"),
+        expert_names=tuple(field(reader, EXPERT_NAMES_KEY, ())),
+    )
+    if info.n_layers <= 0 or info.n_embd <= 0:
+        raise EngineError(f"{p.name} lacks {arch}.block_count or {arch}.embedding_length.")
+    return info
+
+
+def _check_experts(reader: gguf.GGUFReader, p: Path, arch: str, n_experts: int, n_used: int) -> None:
+    router = next((t for t in reader.tensors if t.name.endswith("ffn_gate_inp.weight")), None)
+    if n_experts == 0 and router is None:
+        raise NotMoEError(
+            f"{p.name} is a dense {arch} model (no {arch}.expert_count, no router tensors): there are no "
+            "experts to watch. Load a Mixture-of-Experts GGUF, or build one with `python -m moechat build-moe`."
+        )
+    if n_experts == 0:
+        raise EngineError(f"{p.name} has router tensors ({router.name}) but no {arch}.expert_count.")
+    if not 0 < n_used <= n_experts:
+        raise EngineError(
+            f"{p.name} says {arch}.expert_used_count={n_used} with {n_experts} experts; it must be 1..{n_experts}."
+        )
+    if router is None:
+        raise EngineError(f"{p.name} claims {n_experts} experts but has no ffn_gate_inp router tensors.")
+    if int(router.shape[-1]) != n_experts:
+        raise EngineError(f"{p.name}: router {router.name} has {int(router.shape[-1])} rows for {n_experts} experts.")
+
+
+def _file_type_name(value: Any) -> str:
+    try:
+        return gguf.LlamaFileType(int(value)).name.removeprefix("MOSTLY_")
+    except (TypeError, ValueError):
+        return "unknown"
+
+
+def router_weights(reader: gguf.GGUFReader, layer: int) -> np.ndarray:
+    """Layer `layer`'s router as float32 [n_experts, n_embd]: logits = W @ x."""
+    name = f"blk.{layer}.ffn_gate_inp.weight"
+    tensor = next((t for t in reader.tensors if t.name == name), None)
+    if tensor is None:
+        raise EngineError(f"{reader.data.filename}: no tensor {name}")
+    if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+    return np.asarray(tensor.data, dtype=np.float32)
+
+
+def expert_labels(info: ModelInfo) -> tuple[str, ...]:
+    """Display names for the experts: from the file's metadata, else 'expert i'."""
+    names = info.expert_names
+    if len(names) == info.n_experts:
+        return names
+    return tuple(f"expert {i}" for i in range(info.n_experts))

@@ -1,0 +1,130 @@
+"""Write tiny llama-architecture GGUF models with random weights: MoE (stacked experts) or dense.
+
+They load in real llama.cpp in milliseconds, so tests, benchmarks and users can exercise the whole
+engine (routing capture included) without downloading anything. Same spec and seed => same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gguf
+import numpy as np
+
+SPACE = "\u2581"  # SentencePiece's visible space
+# A few merges, so that common English text does not come out one byte per token.
+MERGES = (
+    "th he in er an re on en at ou ed nd ha es or is it ng st te ar"
+    f" {SPACE}t {SPACE}a {SPACE}s {SPACE}w {SPACE}h {SPACE}o {SPACE}i {SPACE}b {SPACE}m {SPACE}c"
+    f" {SPACE}the {SPACE}to {SPACE}and {SPACE}of {SPACE}you {SPACE}is {SPACE}I {SPACE}in"
+    " ing the ion ell llo"
+).split()
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny model. n_experts=0 makes a dense model."""
+
+    n_layers: int = 2
+    n_embd: int = 64
+    n_ff: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    n_experts: int = 2
+    n_experts_used: int = 2
+    n_ctx: int = 512
+    dtype: Literal["f32", "f16"] = "f32"
+    seed: int = 0
+    name: str = "tiny"
+    expert_names: tuple[str, ...] = ()
+
+
+def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
+    """SentencePiece-style vocabulary: 3 specials, 256 byte-fallback tokens, printable ASCII, merges."""
+    tt = gguf.TokenType
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [tt.UNKNOWN, tt.CONTROL, tt.CONTROL]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [tt.BYTE] * 256
+    chars = [SPACE] + [chr(c) for c in range(33, 127)]
+    tokens += chars + MERGES
+    types += [tt.NORMAL] * (len(chars) + len(MERGES))
+    # SentencePiece merges the adjacent pair whose merged piece has the highest score.
+    scores = [0.0] * (3 + 256) + [-1000.0] * len(chars) + [-float(i) for i in range(len(MERGES))]
+    return tokens, scores, [int(t) for t in types]
+
+
+def _tensors(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
+    """Random weights in numpy's [rows=out, cols=in] order (gguf reverses to ggml's [in, out])."""
+    rng = np.random.default_rng(spec.seed)
+    e, f, kv = spec.n_embd, spec.n_ff, spec.n_embd // spec.n_heads * spec.n_kv_heads
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+
+    def norm() -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(e)).astype(np.float32)
+
+    out = {"token_embd.weight": w(n_vocab, e), "output_norm.weight": norm(), "output.weight": w(n_vocab, e)}
+    for i in range(spec.n_layers):
+        b = f"blk.{i}."
+        out |= {b + "attn_norm.weight": norm(), b + "attn_q.weight": w(e, e), b + "attn_k.weight": w(kv, e)}
+        out |= {b + "attn_v.weight": w(kv, e), b + "attn_output.weight": w(e, e), b + "ffn_norm.weight": norm()}
+        if spec.n_experts:
+            x = spec.n_experts
+            out[b + "ffn_gate_inp.weight"] = 4 * w(x, e)  # spread the router so probabilities vary
+            out |= {b + "ffn_gate_exps.weight": w(x, f, e), b + "ffn_up_exps.weight": w(x, f, e)}
+            out[b + "ffn_down_exps.weight"] = w(x, e, f)
+        else:
+            out |= {b + "ffn_gate.weight": w(f, e), b + "ffn_up.weight": w(f, e), b + "ffn_down.weight": w(e, f)}
+    return out
+
+
+def _keep_f32(name: str) -> bool:
+    return name.endswith("norm.weight") or "ffn_gate_inp" in name
+
+
+def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write a tiny random llama GGUF to `path` and return the path."""
+    if spec.n_experts and not 0 < spec.n_experts_used <= spec.n_experts:
+        raise ValueError(f"n_experts_used must be in 1..{spec.n_experts}, got {spec.n_experts_used}")
+    path = Path(path)
+    tokens, scores, types = tiny_vocab()
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(spec.name)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if spec.dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_context_length(spec.n_ctx)
+    w.add_embedding_length(spec.n_embd)
+    w.add_block_count(spec.n_layers)
+    w.add_feed_forward_length(spec.n_ff)
+    w.add_head_count(spec.n_heads)
+    w.add_head_count_kv(spec.n_kv_heads)
+    w.add_rope_dimension_count(spec.n_embd // spec.n_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    if spec.n_experts:
+        w.add_expert_count(spec.n_experts)
+        w.add_expert_used_count(spec.n_experts_used)
+    if spec.expert_names:
+        w.add_array("moechat.expert_names", list(spec.expert_names))
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_chat_template(CHAT_TEMPLATE)
+    for name, data in _tensors(spec, len(tokens)).items():
+        w.add_tensor(name, data if spec.dtype == "f32" or _keep_f32(name) else data.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
