@@ -85,8 +85,9 @@ def field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def read_info(path: str | Path) -> ModelInfo:
-    """Read and validate a model's metadata. Raises EngineError for files llama.cpp cannot run."""
+def read_info(path: str | Path, allow_dense: bool = False) -> ModelInfo:
+    """Read and validate a model's metadata. Raises EngineError for files llama.cpp cannot run, and
+    NotMoEError for a dense model unless `allow_dense`."""
     reader = open_reader(path)
     p = Path(path)
     arch = field(reader, "general.architecture")
@@ -94,7 +95,7 @@ def read_info(path: str | Path) -> ModelInfo:
         raise EngineError(f"{p.name} has no general.architecture: it is not a model GGUF.")
     n_experts = int(field(reader, f"{arch}.expert_count", 0) or 0)
     n_used = int(field(reader, f"{arch}.expert_used_count", 0) or 0)
-    _check_experts(reader, p, arch, n_experts, n_used)
+    _check_experts(reader, p, arch, n_experts, n_used, allow_dense)
     file_type = field(reader, "general.file_type")
     info = ModelInfo(
         path=p,
@@ -117,8 +118,10 @@ def read_info(path: str | Path) -> ModelInfo:
     return info
 
 
-def _check_experts(reader: gguf.GGUFReader, p: Path, arch: str, n_experts: int, n_used: int) -> None:
+def _check_experts(reader: gguf.GGUFReader, p: Path, arch: str, n_experts: int, n_used: int, allow_dense: bool) -> None:
     router = next((t for t in reader.tensors if t.name.endswith("ffn_gate_inp.weight")), None)
+    if n_experts == 0 and router is None and allow_dense:
+        return
     if n_experts == 0 and router is None:
         raise NotMoEError(
             f"{p.name} is a dense {arch} model (no {arch}.expert_count, no router tensors): there are no "
@@ -152,6 +155,17 @@ def router_weights(reader: gguf.GGUFReader, layer: int) -> np.ndarray:
     if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
         return gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
     return np.asarray(tensor.data, dtype=np.float32)
+
+
+def token_embedding(reader: gguf.GGUFReader, token: int) -> np.ndarray:
+    """Row `token` of token_embd as float32 [n_embd]: the residual stream entering layer 0."""
+    tensor = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if tensor is None:
+        raise EngineError(f"{reader.data.filename}: no token_embd.weight tensor")
+    row = tensor.data[token]
+    if tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return np.asarray(row, dtype=np.float32)
+    return gguf.dequantize(np.asarray(row)[None], tensor.tensor_type)[0].astype(np.float32)
 
 
 def expert_labels(info: ModelInfo) -> tuple[str, ...]:
