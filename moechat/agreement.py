@@ -87,7 +87,10 @@ def logit_margin(x: np.ndarray, *, logits: bool = False) -> np.ndarray:
     """[T, L] router margin from logits or probabilities (log p differs from z by a per-row constant).
 
     2 experts: z1 - z0 = log(p1 / p0), signed. More experts: top-1 minus top-2 logit (the router's confidence).
+    One expert: NaN.
     """
+    if x.shape[-1] < 2:
+        return np.full(x.shape[:-1], np.nan)
     z = x.astype(np.float64)
     z = z if logits else np.log(np.clip(z, np.finfo(np.float32).tiny, None))
     if z.shape[-1] == 2:
