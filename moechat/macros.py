@@ -50,7 +50,7 @@ def substitute(
 
 def _choose(match: re.Match[str], draw: random.Random, seed: int | str, occurrence: int) -> str:
     kind, separator, body = match.group(1).lower(), match.group(2), match.group(3)
-    options = body[1:].split("::") if separator == "::" else _split_commas(body)
+    options = body.split("::") if separator == "::" else _split_commas(body)
     if not options:
         return ""
     if kind == "pick":
@@ -102,8 +102,8 @@ def split_turns(block: str, *, char: str, user: str) -> list[tuple[str, str]]:
     A turn starts at a line beginning with `{{user}}:`/`<USER>:` or `{{char}}:`/`<BOT>:` (or the
     substituted names); following lines without a speaker continue the turn.
     """
-    labels = {"user": [r"\{\{user\}\}", "<user>", re.escape(user)]}
-    labels["char"] = [r"\{\{char\}\}", "<bot>", "<char>", re.escape(char)]
+    labels = {"user": [r"\{\{user\}\}", "<user>", *_literal(user)]}
+    labels["char"] = [r"\{\{char\}\}", "<bot>", "<char>", *_literal(char)]
     pattern = "|".join(f"(?P<{who}>{'|'.join(alts)})" for who, alts in labels.items())
     turn_start = re.compile(rf"^(?:{pattern}):[ \t]?", re.IGNORECASE | re.MULTILINE)
     turns: list[tuple[str, str]] = []
@@ -114,3 +114,7 @@ def split_turns(block: str, *, char: str, user: str) -> list[tuple[str, str]]:
         speaker, cursor = ("user" if match.group("user") else "char"), match.end()
     turns.append((speaker, block[cursor:].strip()))
     return [(who, text) for who, text in turns if text or who]
+
+
+def _literal(name: str) -> list[str]:
+    return [re.escape(name)] if name.strip() else []

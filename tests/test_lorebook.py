@@ -1,0 +1,303 @@
+"""Lorebook selection (FORMATS §2.6): one table of hand-derived cases per rule."""
+
+import time
+from typing import Any
+
+import pytest
+
+from moechat.errors import CardError
+from moechat.lorebook import Lorebook, parse_decorators, read_lorebook, select
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def entry(keys: list[str], content: str, order: int = 100, **extra: Any) -> dict[str, Any]:
+    return {"keys": keys, "content": content, "extensions": {}, "enabled": True, "insertion_order": order, **extra}
+
+
+def book(*entries: dict[str, Any], **fields: Any) -> Lorebook:
+    return Lorebook.model_validate({"entries": list(entries), "extensions": {}, **fields})
+
+
+def fired(bk: Lorebook, messages: list[str], **kw: Any) -> list[str]:
+    return [hit.content for hit in select(bk, messages, words, **kw).fired]
+
+
+# (name, book, messages, select kwargs, expected fired contents in order)
+CASES = [
+    ("key fires", book(entry(["dragon"], "D")), ["a dragon!"], {}, ["D"]),
+    ("no key no fire", book(entry(["dragon"], "D")), ["a cat"], {}, []),
+    ("any of the keys", book(entry(["wyrm", "dragon"], "D")), ["dragon"], {}, ["D"]),
+    ("case-insensitive default", book(entry(["Dragon"], "D")), ["DRAGON"], {}, ["D"]),
+    ("case_sensitive true", book(entry(["Dragon"], "D", case_sensitive=True)), ["dragon"], {}, []),
+    ("case_sensitive true hit", book(entry(["Dragon"], "D", case_sensitive=True)), ["Dragon"], {}, ["D"]),
+    (
+        "extensions mirror of case_sensitive",
+        book(entry(["Dragon"], "D", extensions={"case_sensitive": True})),
+        ["dragon"],
+        {},
+        [],
+    ),
+    (
+        "top-level case_sensitive wins over mirror",
+        book(entry(["Dragon"], "D", case_sensitive=False, extensions={"case_sensitive": True})),
+        ["dragon"],
+        {},
+        ["D"],
+    ),
+    ("disabled never fires", book(entry(["dragon"], "D", enabled=False)), ["dragon"], {}, []),
+    ("disabled constant never fires", book(entry([], "C", enabled=False, constant=True)), ["x"], {}, []),
+    ("constant always", book(entry([], "C", constant=True)), ["nothing"], {}, ["C"]),
+    ("constant with no messages", book(entry([], "C", constant=True)), [], {}, ["C"]),
+    (
+        "selective needs a secondary key",
+        book(entry(["sword"], "S", selective=True, secondary_keys=["fire"])),
+        ["a sword"],
+        {},
+        [],
+    ),
+    (
+        "selective with both keys",
+        book(entry(["sword"], "S", selective=True, secondary_keys=["fire", "ice"])),
+        ["a sword of ice"],
+        {},
+        ["S"],
+    ),
+    (
+        "secondary keys ignored without selective",
+        book(entry(["sword"], "S", selective=False, secondary_keys=["fire"])),
+        ["a sword"],
+        {},
+        ["S"],
+    ),
+    (
+        "selectiveLogic NOT_ANY",
+        book(entry(["sword"], "S", selective=True, secondary_keys=["fire"], extensions={"selectiveLogic": 2})),
+        ["a sword of fire"],
+        {},
+        [],
+    ),
+    (
+        "selectiveLogic AND_ALL",
+        book(entry(["sword"], "S", selective=True, secondary_keys=["a", "zz"], extensions={"selectiveLogic": 3})),
+        ["a sword"],
+        {},
+        [],
+    ),
+    (
+        "insertion_order ascending",
+        book(entry(["x"], "late", order=300), entry(["x"], "early", order=10), entry(["x"], "mid", order=100)),
+        ["x"],
+        {},
+        ["early", "mid", "late"],
+    ),
+    (
+        "ties keep book order",
+        book(entry(["x"], "first"), entry(["x"], "second")),
+        ["x"],
+        {},
+        ["first", "second"],
+    ),
+    (
+        "default scan depth is 2 messages",
+        book(entry(["dragon"], "D")),
+        ["dragon", "b", "c"],
+        {},
+        [],
+    ),
+    ("scan depth from the book", book(entry(["dragon"], "D"), scan_depth=3), ["dragon", "b", "c"], {}, ["D"]),
+    ("scan depth argument", book(entry(["dragon"], "D")), ["dragon", "b", "c"], {"scan_depth": 3}, ["D"]),
+    (
+        "book scan depth beats argument",
+        book(entry(["dragon"], "D"), scan_depth=1),
+        ["dragon", "b"],
+        {"scan_depth": 5},
+        [],
+    ),
+    ("scan depth 0 scans nothing", book(entry(["dragon"], "D"), scan_depth=0), ["dragon"], {}, []),
+    ("empty content inserts nothing", book(entry(["x"], "")), ["x"], {}, []),
+    ("blank key never matches", book(entry(["", "  "], "B")), ["anything"], {}, []),
+    (
+        "no recursion by default",
+        book(entry(["dragon"], "the wyrm"), entry(["wyrm"], "W")),
+        ["dragon"],
+        {},
+        ["the wyrm"],
+    ),
+    (
+        "recursive_scanning",
+        book(entry(["dragon"], "the wyrm", order=1), entry(["wyrm"], "W", order=2), recursive_scanning=True),
+        ["dragon"],
+        {},
+        ["the wyrm", "W"],
+    ),
+    (
+        "recursion via hidden_key, not via comment",
+        book(
+            entry(["dragon"], "x {{hidden_key:wyrm}} {{// drake}}", order=1),
+            entry(["wyrm"], "W", order=2),
+            entry(["drake"], "K", order=3),
+            recursive_scanning=True,
+        ),
+        ["dragon"],
+        {},
+        ["x {{hidden_key:wyrm}} {{// drake}}", "W"],
+    ),
+    (
+        "exclude_recursion",
+        book(
+            entry(["dragon"], "the wyrm"),
+            entry(["wyrm"], "W", extensions={"exclude_recursion": True}),
+            recursive_scanning=True,
+        ),
+        ["dragon"],
+        {},
+        ["the wyrm"],
+    ),
+    ("slash key is a regex", book(entry(["/drag(on|ons)\\b/"], "D")), ["two DRAGONS"], {}, ["D"]),
+    ("plain key is a substring", book(entry(["drag(on)"], "D")), ["dragon"], {}, []),
+    ("use_regex key", book(entry(["^hel+o$"], "R", use_regex=True)), ["hellllo"], {}, ["R"]),
+    ("use_regex invalid regex = no match", book(entry(["(unclosed"], "R", use_regex=True)), ["(unclosed"], {}, []),
+    ("use_regex only keys[0]", book(entry(["zzz", "hello"], "R", use_regex=True)), ["hello"], {}, []),
+    ("use_regex ignores constant", book(entry(["zzz"], "R", use_regex=True, constant=True)), ["a"], {}, []),
+    (
+        "use_regex ignores secondary keys",
+        book(entry(["sword"], "R", use_regex=True, selective=True, secondary_keys=["fire"])),
+        ["sword"],
+        {},
+        ["R"],
+    ),
+    (
+        "ST export's use_regex keeps substring keys",
+        book(entry(["a.b"], "S", use_regex=True, extensions={"display_index": 0, "position": 0})),
+        ["aXb a.b"],
+        {},
+        ["S"],
+    ),
+    (
+        "ST export's use_regex: dot is literal",
+        book(entry(["a.b"], "S", use_regex=True, extensions={"display_index": 0})),
+        ["aXb"],
+        {},
+        [],
+    ),
+    ("whole words", book(entry(["cat"], "C", extensions={"match_whole_words": True})), ["concatenate"], {}, []),
+    ("whole words hit", book(entry(["cat"], "C", extensions={"match_whole_words": True})), ["a cat."], {}, ["C"]),
+    ("@@activate fires without keys", book(entry(["zzz"], "@@activate\nA")), ["x"], {}, ["A"]),
+    ("@@dont_activate never fires", book(entry(["x"], "@@dont_activate\nN", constant=True)), ["x"], {}, []),
+    ("unknown decorator stripped", book(entry(["x"], "@@is_greeting 1\nG")), ["x"], {}, ["G"]),
+]
+
+
+@pytest.mark.parametrize(("name", "bk", "messages", "kw", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_selection_rules(name: str, bk: Lorebook, messages: list[str], kw: dict, expected: list[str]) -> None:
+    assert fired(bk, messages, **kw) == expected
+
+
+def test_key_that_fired_is_reported() -> None:
+    bk = book(entry(["wyrm", "dragon"], "D"), entry([], "C", constant=True))
+    hits = {hit.content: hit.key for hit in select(bk, ["a dragon and a wyrm"], words).fired}
+    assert hits == {"D": "wyrm", "C": None}
+
+
+def test_budget_drops_lowest_order_first_then_emits_ascending() -> None:
+    # orders 10, 20, 30; 2 words each; budget 4: accept 30, then 20; 10 is dropped.
+    bk = book(entry(["x"], "a a", order=10), entry(["x"], "b b", order=20), entry(["x"], "c c", order=30))
+    sel = select(bk, ["x"], words, budget=4)
+    assert [h.content for h in sel.fired] == ["b b", "c c"]
+    assert [h.content for h in sel.dropped] == ["a a"]
+    assert sel.budget == 4
+
+
+def test_budget_stops_at_first_overflow_like_st() -> None:
+    # rank: big(30, 5 words) fits 5; mid(20, 6 words) overflows -> it and small(10, 1 word) dropped.
+    bk = book(entry(["x"], "1 2 3 4 5", order=30), entry(["x"], "1 2 3 4 5 6", order=20), entry(["x"], "s", order=10))
+    sel = select(bk, ["x"], words, budget=7)
+    assert [h.content for h in sel.fired] == ["1 2 3 4 5"]
+    assert [h.content for h in sel.dropped] == ["1 2 3 4 5 6", "s"]
+
+
+def test_priority_beats_order_for_budget() -> None:
+    bk = book(entry(["x"], "low", order=90, priority=1), entry(["x"], "high", order=5, priority=50))
+    sel = select(bk, ["x"], words, budget=1)
+    assert [h.content for h in sel.fired] == ["high"]
+    assert [h.content for h in sel.dropped] == ["low"]
+
+
+def test_book_token_budget_and_argument_take_the_smaller() -> None:
+    bk = book(entry(["x"], "a", order=2), entry(["x"], "b", order=1), token_budget=1)
+    assert select(bk, ["x"], words, budget=10).budget == 1
+    assert [h.content for h in select(bk, ["x"], words, budget=10).fired] == ["a"]
+
+
+def test_constant_is_subject_to_budget() -> None:
+    bk = book(entry([], "c c c", constant=True, order=1), entry(["x"], "k", order=2))
+    sel = select(bk, ["x"], words, budget=2)
+    assert [h.content for h in sel.fired] == ["k"]
+    assert [h.content for h in sel.dropped] == ["c c c"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, ("before_char", None, None)),
+        ({"position": "after_char"}, ("after_char", None, None)),
+        ({"position": "before_char", "extensions": {"position": 1}}, ("after_char", None, None)),
+        ({"extensions": {"position": 4, "depth": 2, "role": 1}}, ("at_depth", 2, "user")),
+        ({"extensions": {"position": 4}}, ("at_depth", 4, "system")),
+        ({"extensions": {"position": 2}}, ("an_top", None, None)),
+        ({"content": "@@depth 3\nX"}, ("at_depth", 3, "system")),
+        ({"content": "@@depth 0\n@@role assistant\nX"}, ("at_depth", 0, "assistant")),
+        ({"content": "@@position after_desc\nX", "position": "before_char"}, ("after_char", None, None)),
+        ({"content": "@@position scenario\nX"}, ("scenario", None, None)),
+    ],
+)
+def test_positions(fields: dict, expected: tuple) -> None:
+    data = entry(["x"], fields.pop("content", "X"), **fields)
+    (hit,) = select(book(data), ["x"], words).fired
+    assert (hit.position, hit.depth, hit.role) == expected
+    assert hit.content == "X"
+
+
+def test_decorators_parse_and_fallbacks() -> None:
+    dec = parse_decorators("@@depth 2\n@@@position after_desc\n@@unknown 1\n@@@activate\nbody\n@@not top")
+    assert dec.values == {"depth": "2", "activate": ""}
+    assert dec.content == "body\n@@not top"
+
+
+def test_decorators_preserved_in_the_book() -> None:
+    bk = book(entry(["x"], "@@depth 2\n@@is_greeting 1\nbody"))
+    select(bk, ["x"], words)
+    assert bk.to_json()["entries"][0]["content"] == "@@depth 2\n@@is_greeting 1\nbody"
+
+
+def test_catastrophic_regex_is_time_bounded() -> None:
+    bk = book(entry(["(a+)+$"], "R", use_regex=True), entry(["a"], "plain"))
+    start = time.monotonic()
+    got = fired(bk, ["a" * 60 + "b"], regex_timeout=0.2)
+    assert got == ["plain"]
+    assert time.monotonic() - start < 5
+
+
+def test_backtracking_regex_that_matches_runs_in_worker() -> None:
+    assert fired(book(entry(["dra.*on"], "D", use_regex=True)), ["a dragon"]) == ["D"]
+
+
+def test_lorebook_roundtrip_keeps_unknown_fields() -> None:
+    raw = {
+        "name": "World",
+        "weird": {"a": [1, None]},
+        "extensions": {"st": 1},
+        "entries": [{**entry(["x"], "X"), "extra_field": True, "id": "e1", "extensions": {"sticky": 2}}],
+    }
+    bk = read_lorebook({"spec": "lorebook_v3", "data": raw})
+    assert bk.to_json() == raw
+    assert read_lorebook(bk.to_lorebook_v3()).to_json() == raw
+
+
+@pytest.mark.parametrize("bad", [[], {"entries": "x"}, {"entries": [{"keys": "dragon"}]}, {"spec": "lorebook_v3"}])
+def test_bad_lorebooks_raise_card_error(bad: Any) -> None:
+    with pytest.raises(CardError):
+        read_lorebook(bad)
