@@ -109,11 +109,12 @@ class Engine:
         capture: str = "auto",
         full_prompt_routing: bool = True,
         allow_dense: bool = False,
-        kv_f32: bool = False,
+        exact: bool = False,
     ) -> Engine:
         """Load a GGUF. n_gpu_layers None = all layers when the build can offload, else 0.
 
         capture: "auto" (compiled callback, falling back to Python), "fast", "python" or "off".
+        exact: float32 KV cache and attention, for comparisons with other implementations.
         full_prompt_routing: request outputs for every prompt token so the last layer's routing exists
         for prompt tokens too (llama.cpp drops rows without outputs before the last FFN).
         """
@@ -128,7 +129,7 @@ class Engine:
         except ValueError as exc:
             raise EngineError(f"llama.cpp could not load {info.path.name}: {exc}") from exc
         cap = make_capture(capture)
-        ctx = _context(model, n_ctx or info.context_length, threads, cap, kv_f32)
+        ctx = _context(model, n_ctx or info.context_length, threads, cap, exact)
         report = LoadReport(gpu, layers if gpu else 0, cap.mode if cap else "off", threads)
         return cls(info, model, ctx, cap, report, full_prompt_routing)
 
@@ -351,15 +352,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _context(
-    model: internals.LlamaModel, n_ctx: int, threads: int, cap: FastCapture | PythonCapture | None, kv_f32: bool
+    model: internals.LlamaModel, n_ctx: int, threads: int, cap: FastCapture | PythonCapture | None, exact: bool
 ) -> internals.LlamaContext:
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = params.n_ubatch = min(512, n_ctx)
     params.n_threads = threads
     params.n_threads_batch = max(os.cpu_count() or 1, threads)
-    if kv_f32:
-        params.type_k = params.type_v = 0  # GGML_TYPE_F32: the cache adds no rounding
+    if exact:  # float32 KV cache and no flash attention (whose CPU path rounds Q to f16)
+        params.type_k = params.type_v = 0  # GGML_TYPE_F32
+        params.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED
     if cap is not None:
         params.cb_eval = cap.callback
         params.cb_eval_user_data = cap.user_data

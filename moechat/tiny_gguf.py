@@ -43,6 +43,7 @@ class TinySpec:
     seed: int = 0
     name: str = "tiny"
     expert_names: tuple[str, ...] = ()
+    favour: int | None = None  # make greedy decoding always pick this token id (e.g. 2 = </s>)
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -83,7 +84,19 @@ def _tensors(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
             out[b + "ffn_down_exps.weight"] = w(x, e, f)
         else:
             out |= {b + "ffn_gate.weight": w(f, e), b + "ffn_up.weight": w(f, e), b + "ffn_down.weight": w(e, f)}
+    if spec.favour is not None:
+        _favour(out, spec.favour)
     return out
+
+
+def _favour(out: dict[str, np.ndarray], token: int) -> None:
+    """Component 0 of every embedding dominates the residual stream; the output head reads only it,
+    and only the favoured token's row is non-zero: its logit is the only positive one."""
+    out["token_embd.weight"][:, 0] = 100.0
+    out["output_norm.weight"][:] = 0.0
+    out["output_norm.weight"][0] = 1.0
+    out["output.weight"][:] = 0.0
+    out["output.weight"][token, 0] = 1.0
 
 
 def _keep_f32(name: str) -> bool:
