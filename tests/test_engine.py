@@ -296,3 +296,41 @@ def test_inconsistent_moe_metadata_never_reaches_llama_cpp(tiny_moe_path, tmp_pa
     bad = rewrite(tiny_moe_path, tmp_path / "bad.gguf", drop=drop, set_u32=dict(set_u32 or {}))
     with pytest.raises(EngineError, match=message):
         Engine.load(bad)
+
+
+def test_trace_cli_json_matches_schema(tiny_models, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "trace.json"
+    cmd = [sys.executable, "-m", "moechat", "trace", str(tiny_models["moe4"]), "--prompt", "héllo there"]
+    done = subprocess.run([*cmd, "--max-tokens", "6", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"model", "n_layers", "n_experts", "k", "expert_names", "tokens"}
+    assert (doc["n_layers"], doc["n_experts"], doc["k"]) == (3, 4, 2)
+    assert doc["expert_names"] == ["expert 0", "expert 1", "expert 2", "expert 3"]
+    tokens = doc["tokens"]
+    assert [t["pos"] for t in tokens] == list(range(len(tokens)))
+    n_prompt = sum(t["prompt"] for t in tokens)
+    assert all(t["prompt"] for t in tokens[:n_prompt]) and len(tokens) - n_prompt == 6
+    for t in tokens:
+        assert set(t) == {"pos", "id", "text", "prompt", "probs", "experts"}
+        assert np.array(t["probs"]).shape == (3, 4) and np.array(t["experts"]).shape == (3, 2)
+        assert abs(sum(t["probs"][0]) - 1) < 1e-5
+        assert t["probs"][0][t["experts"][0][0]] == max(t["probs"][0])
+    # the named MoE's expert names come from its metadata
+    named = subprocess.run([*cmd[:4], str(tiny_models["moe2"]), "--prompt", "hi"], capture_output=True, text=True)
+    assert json.loads(named.stdout)["expert_names"] == ["Xwin", "Pygmalion"]
+
+
+def test_trace_cli_bad_file_is_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"nope")
+    done = subprocess.run([sys.executable, "-m", "moechat", "trace", str(bad), "--prompt", "x"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "not a GGUF" in done.stderr

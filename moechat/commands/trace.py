@@ -1,0 +1,63 @@
+"""`python -m moechat trace MODEL.gguf --prompt TEXT`: per-token routing of a prompt and its continuation.
+
+Writes one JSON document: every token the model *read* at each position (the prompt's, then each
+generated token fed back), with the router's probabilities and selected experts at every layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from moechat.engine import Engine, Sampling, Token
+from moechat.gguf_info import expert_labels
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m moechat trace", description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="a MoE GGUF file")
+    p.add_argument("--prompt", required=True, help="text, tokenized as the model's tokenizer does (with BOS)")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--exact", action="store_true", help="float32 KV cache and attention, for comparisons")
+    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    return p.parse_args(argv)
+
+
+def token_record(tok: Token) -> dict[str, Any]:
+    probs = [[round(float(p), 7) for p in layer] for layer in tok.routing.probs]
+    experts = [[int(e) for e in layer] for layer in tok.routing.experts]
+    return {"pos": tok.pos, "id": tok.id, "text": tok.piece.decode("utf-8", "replace"), "prompt": tok.prompt,
+            "probs": probs, "experts": experts}
+
+
+def trace_document(engine: Engine, tokens: Iterable[Token]) -> dict[str, Any]:
+    """The trace JSON: only tokens that were read (the final sampled token never is)."""
+    info = engine.info
+    return {
+        "model": str(info.path),
+        "n_layers": info.n_layers,
+        "n_experts": info.n_experts,
+        "k": info.n_experts_used,
+        "expert_names": list(expert_labels(info)),
+        "tokens": [token_record(t) for t in tokens if t.routing is not None],
+    }
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    sampling = Sampling(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens)
+    with Engine.load(args.model, n_ctx=args.n_ctx, exact=args.exact) as engine:
+        doc = trace_document(engine, engine.stream(engine.tokenize(args.prompt), sampling))
+    text = json.dumps(doc, ensure_ascii=False)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
+    return 0
