@@ -7,7 +7,6 @@ abandoning the generator releases it. The KV cache is reused for the longest com
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import os
@@ -25,6 +24,7 @@ from moechat.capture import FastCapture, PythonCapture, make_capture
 from moechat.errors import EngineError
 from moechat.gguf_info import ModelInfo, open_reader, read_info, token_embedding
 from moechat.routing import Routing, from_logits
+from moechat.text_release import TextReleaser
 
 ROUTER_KIND = "ffn_moe_logits"
 llama_cpp._logger.logger.setLevel(logging.ERROR)  # llama.cpp's load chatter stays out of the terminal
@@ -173,7 +173,7 @@ class Engine:
         with self._lock:
             self._check_open()
             reused = self._evaluate_prompt(prompt)
-            text = _TextReleaser(())
+            text = TextReleaser(())
             for pos, tok in enumerate(prompt):
                 piece = self.piece(tok)
                 released = text.feed(piece)[0] + (text.flush() if pos == len(prompt) - 1 else "")
@@ -189,7 +189,7 @@ class Engine:
 
     def _generate(self, s: Sampling, cancel: threading.Event | None) -> Iterator[Token]:
         sampler = _sampler(s, self._model.n_vocab())
-        text = _TextReleaser(s.stop)
+        text = TextReleaser(s.stop)
         for i in range(s.max_tokens):
             if cancel is not None and cancel.is_set():
                 yield Token(len(self._kv), -1, text.flush(), b"", None, finish="cancelled")
@@ -309,37 +309,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _TextReleaser:
-    """Decodes pieces as UTF-8 incrementally and holds back text that may be the start of a stop string."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._stops = [s for s in stops if s]
-        self._held = ""
-
-    def feed(self, piece: bytes) -> tuple[str, bool]:
-        text = self._held + self._decoder.decode(piece)
-        hits = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return text[: min(hits)], True
-        keep = max((_overlap(text, s) for s in self._stops), default=0)
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep], False
-
-    def flush(self) -> str:
-        out, self._held = self._held + self._decoder.decode(b"", final=True), ""
-        return out
-
-
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if stop.startswith(text[-n:]):
-            return n
-    return 0
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
