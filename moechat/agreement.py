@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moechat.routing import first_choice, one_hot, valid
+from moechat.routing import first_choice, one_hot
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -49,9 +49,9 @@ def compare(
     """Agreement of two runs [T, L, E]. Margins come from the logits when both are given, else from log p."""
     if probs_a.shape != probs_b.shape:
         raise ValueError(f"runs differ in shape: {probs_a.shape} vs {probs_b.shape}")
-    ok = valid(probs_a) & valid(probs_b)
-    c_a = np.where(ok, first_choice(probs_a, experts_a), -1)
-    c_b = np.where(ok, first_choice(probs_b, experts_b), -1)
+    c_a, c_b = first_choice(probs_a, experts_a), first_choice(probs_b, experts_b)
+    ok = (c_a >= 0) & (c_b >= 0)  # routed in both runs
+    c_a, c_b = np.where(ok, c_a, -1), np.where(ok, c_b, -1)
     n = ok.sum(axis=0)
     agree = ((c_a == c_b) & ok).sum(axis=0)
     dp = np.abs(probs_a.astype(np.float64) - probs_b).mean(axis=-1)

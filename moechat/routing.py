@@ -6,6 +6,7 @@ them to [tokens, layers, experts] and [tokens, layers, k].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,16 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
     return order[..., :k].astype(np.int32)
 
 
+def stack(
+    records: Sequence[Routing], n_layers: int = 0, n_experts: int = 0, k: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token records -> (probs [T, L, E] float32, experts [T, L, k] int32); the sizes shape an empty result."""
+    if not records:
+        return np.zeros((0, n_layers, n_experts), np.float32), np.zeros((0, n_layers, k), np.int32)
+    probs = np.stack([r.probs for r in records]).astype(np.float32, copy=False)
+    return probs, np.stack([r.experts for r in records]).astype(np.int32, copy=False)
+
+
 def from_logits(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Router logits [..., experts] -> (probabilities, top-k expert ids), as softmax gating does."""
     probs = softmax(logits)
@@ -49,13 +60,14 @@ def valid(probs: np.ndarray) -> np.ndarray:
 
 
 def first_choice(probs: np.ndarray, experts: np.ndarray | None = None) -> np.ndarray:
-    """int [T, L]: the first-choice expert c[t, l] (experts[..., 0] when given, else argmax p); -1 where missing."""
+    """int [T, L]: the first-choice expert c[t, l] (experts[..., 0] when given, else argmax p); -1 where missing
+    (probabilities not finite, or a negative expert id)."""
     ok = valid(probs)
     if experts is not None:
         choice = np.asarray(experts)[..., 0]
     else:
         choice = np.argmax(np.where(ok[..., None], probs, -np.inf), axis=-1)
-    return np.where(ok, choice, -1).astype(np.int64)
+    return np.where(ok & (choice >= 0), choice, -1).astype(np.int64)
 
 
 def one_hot(choice: np.ndarray, n_experts: int) -> np.ndarray:

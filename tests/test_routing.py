@@ -112,6 +112,22 @@ def test_experts_array_overrides_argmax():
     assert routing.dominance(p, experts) == pytest.approx([1.0])
 
 
+def test_negative_expert_id_is_missing():
+    # the engine marks an unobserved layer with NaN probabilities and expert id -1
+    experts = np.array([[[0, 1], [1, 0]], [[1, 0], [-1, -1]], [[0, 1], [0, 1]]])
+    assert routing.first_choice(PROBS, experts).tolist() == [[0, 1], [1, -1], [0, 0]]
+
+
+def test_stack():
+    records = [routing.Routing(PROBS[t], routing.top_k(PROBS[t], 1)) for t in range(3)]
+    probs, experts = routing.stack(records)
+    assert probs.dtype == np.float32 and experts.dtype == np.int32
+    np.testing.assert_array_equal(probs, PROBS)
+    assert experts[..., 0].tolist() == routing.first_choice(PROBS).tolist()
+    empty_probs, empty_experts = routing.stack([], n_layers=2, n_experts=4, k=2)
+    assert empty_probs.shape == (0, 2, 4) and empty_experts.shape == (0, 2, 2)
+
+
 def test_dominance_needs_two_experts():
     with pytest.raises(ValueError, match="2 experts"):
         routing.dominance(np.full((1, 1, 3), 1 / 3))
