@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from moechat.errors import CardError
+from moechat.lorebook_decorators import Decorators, parse_decorators
 from moechat.lorebook_keys import SLASH_KEY, compile_key, key_matches, regex_matches, slash_regex
 from moechat.macros import scan_text
 
 ST_POSITIONS = ("before_char", "after_char", "an_top", "an_bottom", "at_depth", "examples_top", "examples_bottom")
-SUPPORTED_DECORATORS = frozenset({"depth", "position", "activate", "dont_activate", "role", "scan_depth"})
 ST_ENTRY_MARKS = frozenset({"display_index", "selectiveLogic", "position", "probability", "useProbability"})
 DEFAULT_SCAN_DEPTH = 2
 DEFAULT_DEPTH = 4
@@ -102,34 +102,6 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(part) for part in err["loc"]) or "(root)"
     return f"{where}: {err['msg']}"
-
-
-@dataclass(frozen=True)
-class Decorators:
-    """Decorators parsed from the top of an entry's content (`@@name value` lines)."""
-
-    values: dict[str, str]
-    content: str
-
-
-def parse_decorators(content: str) -> Decorators:
-    """Split leading `@@` lines off `content`; `@@@` fallbacks apply only after an unsupported one."""
-    lines = content.split("\n")
-    values: dict[str, str] = {}
-    last_supported = True
-    taken = 0
-    for line in lines:
-        if not line.startswith("@@"):
-            break
-        taken += 1
-        fallback = line.startswith("@@@")
-        name, _, value = line.lstrip("@").partition(" ")
-        if fallback and last_supported:
-            continue
-        last_supported = name in SUPPORTED_DECORATORS
-        if last_supported:
-            values[name] = value.strip()
-    return Decorators(values, "\n".join(lines[taken:]))
 
 
 @dataclass(frozen=True)
