@@ -51,12 +51,15 @@ def heatmap_figure(
     *,
     experts: np.ndarray | None = None,
     title: str | None = None,
+    categorical: bool | None = None,
 ) -> go.Figure:
     """Layers (y) x tokens (x) of probs [T, L, E]. 2 experts: p(expert 1) on the diverging scale, names at both
-    ends. More: the first-choice expert in categorical colours. Hover: token, layer, every expert's probability."""
+    ends. More (or categorical=True): the first-choice expert in categorical colours. Hover: token, layer, every
+    expert's probability."""
     n_tokens, n_layers, n_experts = probs.shape
     if len(tokens) != n_tokens or len(expert_names) != n_experts:
         raise ValueError(f"{len(tokens)} tokens, {len(expert_names)} names for probs of shape {probs.shape}")
+    categorical = n_experts != 2 if categorical is None else categorical
     labels = [label(t) for t in tokens]
     names = [safe_text(n) for n in expert_names]
     trace = go.Heatmap(
@@ -65,7 +68,7 @@ def heatmap_figure(
         text=np.broadcast_to(np.array(labels, dtype=object), (n_layers, n_tokens)),
         customdata=np.transpose(probs, (1, 0, 2)),
         hovertemplate=_heatmap_hover(names),
-        **(_weight_cells(probs, names) if n_experts == 2 else _choice_cells(probs, experts, names)),
+        **(_choice_cells(probs, experts, names) if categorical else _weight_cells(probs, names)),
     )
     fig = go.Figure(trace)
     fig.update_layout(title=safe_text(title) if title else None, **_LAYOUT)

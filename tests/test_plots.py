@@ -111,6 +111,13 @@ def test_heatmap_many_experts_is_categorical():
     np.testing.assert_array_equal(plots.heatmap_figure(probs, ["x", "y"], names, experts=experts).data[0].z[0], [0, 0])
 
 
+def test_heatmap_two_experts_categorical_view():
+    (trace,) = plots.heatmap_figure(PROBS, TOKENS, ["Xwin", "Pygmalion"], categorical=True).data
+    np.testing.assert_array_equal(trace.z, [[0, 1, 0], [1, NAN, 0]])
+    assert [c for _, c in trace.colorscale] == [colors.EXPERT_0] * 2 + [colors.EXPERT_1] * 2
+    assert list(trace.colorbar.ticktext) == ["Xwin", "Pygmalion"]
+
+
 def test_heatmap_shapes_are_checked_and_empty_works():
     with pytest.raises(ValueError, match="tokens"):
         plots.heatmap_figure(PROBS, ["a"], ["x", "y"])
