@@ -55,7 +55,10 @@ LLAMA2 = (
     f"[INST] <<SYS>>\n{SYS}\n<</SYS>>\n\n [/INST] Welcome. </s><s>[INST] Where am I? [/INST] My glade. </s><s>"
     "[INST] Thanks. [/INST]"
 )
-JINJA = f"<|system|>{SYS}\n<|assistant|>Welcome.\n<|user|>Where am I?\n<|assistant|>My glade.\n<|user|>Thanks.\n<|assistant|>"
+JINJA = (
+    f"<|system|>{SYS}\n<|assistant|>Welcome.\n<|user|>Where am I?\n<|assistant|>My glade.\n<|user|>Thanks.\n"
+    "<|assistant|>"
+)
 
 
 def fmt(name: str):
@@ -91,8 +94,12 @@ HI = [Message("user", "Hi")]
             "<|system|>Enter RP mode. Pretend to be Bob whose persona follows:\nYou shall reply to the user while "
             "staying in character, and generate long responses.<|user|>You: Hi<|model|>Bob:",
         ),
-        ("metharme", "", "<|system|>You shall reply to the user while staying in character, and generate long "
-         "responses.<|user|>You: Hi<|model|>Bob:"),  # fmt: skip
+        (
+            "metharme",
+            "",
+            "<|system|>You shall reply to the user while staying in character, and generate long responses."
+            "<|user|>You: Hi<|model|>Bob:",
+        ),
         ("pygmalion", None, "<START>\nYou: Hi\nBob:"),
         ("vicuna", None, "Write Bob's next reply in a fictional chat between Bob and You. USER: Hi ASSISTANT:"),
         ("vicuna", "", "USER: Hi ASSISTANT:"),
