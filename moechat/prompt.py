@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 from moechat import macros
 from moechat.errors import PromptError
 from moechat.formats import Format, Mode, Turn, stop_strings
-from moechat.prompt_budget import Inject, Line, Parts, Report, fit, render_prompt, report, shrink
+from moechat.prompt_budget import Inject, Line, Parts, Report, fit, grow, render_prompt, report, shrink
 
 Counter = Callable[[str], int]
 __all__ = ["AuthorsNote", "Budget", "Message", "Persona", "Prompt", "Report", "build", "estimate_tokens"]
@@ -143,7 +143,7 @@ def build(
         raise PromptError("continue needs the last message to be the character's")
     count = functools.lru_cache(maxsize=4096)(count_tokens or estimate_tokens)
     parts = _parts(_Request(card, history, fmt, persona, lore, note, system_prompt, post_history, mode, seed))
-    keep = fit(parts, count, budget.available)
+    keep = grow(parts, fit(parts, count, budget.available), count, budget.available)
     text, total = render_prompt(parts, keep, count)
     while total > budget.available:
         keep = shrink(parts, keep, total, budget.available)

@@ -108,12 +108,27 @@ def fit(parts: Parts, count: Counter, available: int) -> Keep:
         first -= 1
         left -= costs[first]
     examples = 0
-    for block in parts.examples:
+    for block in parts.examples if first == 0 else ():
         cost = count(block_text(parts.fmt, block))
         if cost > left:
             break
         examples, left = examples + 1, left - cost
     return Keep(frozenset(lore), note, first, examples)
+
+
+def grow(parts: Parts, keep: Keep, count: Counter, available: int) -> Keep:
+    """Add back older messages, then examples, while the whole text still fits (standalone counts
+    overestimate where the tokenizer merges across turn boundaries)."""
+    while True:
+        if keep.first > 0:
+            bigger = replace(keep, first=keep.first - 1)
+        elif keep.examples < len(parts.examples):
+            bigger = replace(keep, examples=keep.examples + 1)
+        else:
+            return keep
+        if render_prompt(parts, bigger, count)[1] > available:
+            return keep
+        keep = bigger
 
 
 def shrink(parts: Parts, keep: Keep, total: int, available: int) -> Keep:
