@@ -1,0 +1,75 @@
+"""Chat database schema: append-only migrations, the count applied kept in PRAGMA user_version.
+
+Never edit a migration that has shipped: append a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from moechat.errors import StoreError
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: characters, chats, messages, swipes, routing
+        """CREATE TABLE characters (
+            id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, card_json TEXT NOT NULL,
+            created REAL NOT NULL, updated REAL NOT NULL)""",
+        "CREATE INDEX characters_owner_name ON characters(owner, name)",
+        """CREATE TABLE chats (
+            id INTEGER PRIMARY KEY, owner TEXT NOT NULL,
+            character_id INTEGER NOT NULL REFERENCES characters(id) ON DELETE CASCADE,
+            title TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL,
+            format TEXT NOT NULL DEFAULT '', persona TEXT NOT NULL DEFAULT '',
+            authors_note TEXT NOT NULL DEFAULT '',
+            parent_chat_id INTEGER REFERENCES chats(id) ON DELETE SET NULL,
+            branch_message_id INTEGER, header_json TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX chats_owner_updated ON chats(owner, updated)",
+        "CREATE INDEX chats_character ON chats(character_id)",
+        "CREATE INDEX chats_parent ON chats(parent_chat_id)",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL, role TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+            name TEXT NOT NULL DEFAULT '', created REAL NOT NULL, hidden INTEGER NOT NULL DEFAULT 0,
+            swipe_index INTEGER NOT NULL DEFAULT 0, source_json TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX messages_chat_position ON messages(chat_id, position)",
+        """CREATE TABLE swipes (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            idx INTEGER NOT NULL, text TEXT NOT NULL, created REAL NOT NULL,
+            model TEXT NOT NULL DEFAULT '', tokens_per_s REAL, n_tokens INTEGER,
+            stopped INTEGER NOT NULL DEFAULT 0, gen_started REAL, gen_finished REAL,
+            routing_stale INTEGER NOT NULL DEFAULT 0, info_json TEXT NOT NULL DEFAULT '{}',
+            UNIQUE (message_id, idx))""",
+        """CREATE TABLE routing (
+            id INTEGER PRIMARY KEY,
+            swipe_id INTEGER NOT NULL REFERENCES swipes(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('reply', 'prompt')), start INTEGER NOT NULL,
+            n_tokens INTEGER NOT NULL, n_layers INTEGER NOT NULL, n_experts INTEGER NOT NULL,
+            k INTEGER NOT NULL, experts_dtype TEXT NOT NULL,
+            probs BLOB NOT NULL, experts BLOB NOT NULL, token_ids BLOB NOT NULL, offsets BLOB NOT NULL)""",
+        "CREATE INDEX routing_swipe ON routing(swipe_id, kind, start)",
+    ),
+)
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Apply the missing migrations, each in its own transaction; returns the schema version."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"{path} has schema version {version}, newer than this moechat knows "
+                    f"({len(MIGRATIONS)}): upgrade moechat or use another data dir"
+                )
+            if version == len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return version
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
