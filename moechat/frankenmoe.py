@@ -24,11 +24,10 @@ import numpy as np
 from moechat.errors import ConfigError
 from moechat.gates import compute_gates
 from moechat.gguf_info import EXPERT_NAMES_KEY, field
-from moechat.mergekit_config import MoEConfig, load_config
+from moechat.mergekit_config import CONFIG_KEY, MoEConfig, load_config
 from moechat.moe_sources import FFN_KINDS, Source, open_sources
 
 BUILDER_VERSION = "1"
-CONFIG_KEY = "moechat.mergekit_config"
 BUILDER_KEY = "moechat.builder_version"
 VT = gguf.GGUFValueType
 QT = gguf.GGMLQuantizationType

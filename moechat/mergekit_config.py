@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from moechat.errors import ConfigError
 
+CONFIG_KEY = "moechat.mergekit_config"  # GGUF metadata key holding the config text of a built model
 GateMode = Literal["hidden", "hidden_avg", "cheap_embed", "random", "uniform_random"]
 PROMPT_MODES = frozenset({"hidden", "hidden_avg", "cheap_embed"})
 
