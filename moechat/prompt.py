@@ -138,7 +138,10 @@ def build(
     `mode` "reply" cues the character, "continue" leaves the last (character) message open,
     "impersonate" cues the user. `seed` makes `{{pick}}`/`{{random}}` macros repeatable."""
     if budget.available <= 0:
-        raise PromptError(f"context {budget.context} leaves no room after reserving {budget.reserve}+{budget.margin}")
+        raise PromptError(
+            f"a context of {budget.context} tokens leaves no room after reserving {budget.reserve} for the reply "
+            f"and {budget.margin} as margin: raise the context size or lower the reserve"
+        )
     if mode == "continue" and (not history or history[-1].role != "model"):
         raise PromptError("continue needs the last message to be the character's")
     count = functools.lru_cache(maxsize=4096)(count_tokens or estimate_tokens)

@@ -1,0 +1,144 @@
+"""`python -m moechat prompt CARD_FILE ...`: print exactly what the model will see (stdout) and the
+token budget report (stderr). Token counts use the model's tokenizer with `--model`, else an estimate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moechat import macros
+from moechat.cards import Card, read_card
+from moechat.errors import PromptError
+from moechat.formats import Format, Mode, default_format, format_names, get_format
+from moechat.prompt import Budget, Message, Persona, Prompt, build, estimate_tokens
+
+DEFAULT_CONTEXT = 4096
+
+
+@dataclass(frozen=True)
+class StChat:
+    """What the prompt needs of a SillyTavern chat file: the user's name and the visible messages."""
+
+    user_name: str | None
+    messages: list[Message]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m moechat prompt", description=__doc__)
+    p.add_argument("card", type=Path, help="character card (.png, .json, .charx, .yaml)")
+    p.add_argument("--format", help=f"prompt format: {', '.join(format_names())} (default: from the model)")
+    p.add_argument("--history", type=Path, help="SillyTavern chat (.jsonl) to continue")
+    p.add_argument("--message", help="a new user message to send")
+    p.add_argument("--user", help="the user's name (default: the chat's user_name, else 'You')")
+    p.add_argument("--persona", default="", help="the user's persona description")
+    p.add_argument("--model", type=Path, help="GGUF whose tokenizer counts the tokens (and picks the format)")
+    p.add_argument("--context", type=int, help=f"context size in tokens (default: {DEFAULT_CONTEXT})")
+    p.add_argument(
+        "--reserve", type=int, help="tokens reserved for the reply (default: a quarter of the context, <= 512)"
+    )
+    p.add_argument("--mode", choices=("reply", "continue", "impersonate"), default="reply")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run the command; PromptError/CardError/EngineError reach the dispatcher as one-line messages."""
+    args = parser().parse_args(argv)
+    card = read_card(args.card)
+    chat = read_st_chat(args.history) if args.history else None
+    persona = Persona(args.user or (chat.user_name if chat else None) or "You", args.persona)
+    history = chat.messages if chat else greeting(card, persona.name)
+    history = [*history, Message("user", args.message)] if args.message else history
+    if args.model:
+        return _with_model(args, card, history, persona)
+    budget = _budget(args, args.context or DEFAULT_CONTEXT)
+    fmt = get_format(args.format or default_format())
+    prompt = _build(card, history, persona, fmt, budget, None, args.mode)
+    return _print(prompt, "estimated, no --model: about 3.5 characters per token")
+
+
+def _budget(args: argparse.Namespace, context: int) -> Budget:
+    reserve = args.reserve if args.reserve is not None else min(512, context // 4)
+    return Budget(context=context, reserve=reserve, margin=min(64, context // 16))
+
+
+def _with_model(args: argparse.Namespace, card: Card, history: list[Message], persona: Persona) -> int:
+    """Count with the model's tokenizer; the format defaults from its name and chat template."""
+    from moechat.engine import Engine  # llama.cpp loads only when asked for
+
+    with Engine.load(args.model, n_ctx=args.context or 0, capture="off") as engine:
+        info = engine.info
+        budget = _budget(args, args.context or engine.n_ctx)
+        name = args.format or default_format(f"{info.name} {info.path.name}", info.chat_template)
+        bos, eos = _token_text(info.path, info.bos_id, "<s>"), _token_text(info.path, info.eos_id, "</s>")
+        fmt = get_format(name, info.chat_template, bos=bos, eos=eos)
+        prompt = _build(card, history, persona, fmt, budget, engine.count_tokens, args.mode)
+        return _print(prompt, f"counted with the tokenizer of {info.path.name}")
+
+
+def _token_text(path: Path, token_id: int | None, default: str) -> str:
+    """A special token's text (BOS/EOS) from the GGUF's vocabulary, for rendering its chat template."""
+    from moechat.gguf_info import field, open_reader
+
+    tokens = field(open_reader(path), "tokenizer.ggml.tokens", [])
+    return str(tokens[token_id]) if token_id is not None and 0 <= token_id < len(tokens) else default
+
+
+def _build(
+    card: Card,
+    history: list[Message],
+    persona: Persona,
+    fmt: Format,
+    budget: Budget,
+    count: Callable[[str], int] | None,
+    mode: Mode,
+) -> Prompt:
+    lore: list = []
+    if card.character_book is not None:
+        from moechat.lorebook import select
+
+        lore = select(card.character_book, [m.text for m in history], count or estimate_tokens).fired
+    return build(card, history, fmt=fmt, persona=persona, lore=lore, budget=budget, count_tokens=count, mode=mode)
+
+
+def greeting(card: Card, user: str) -> list[Message]:
+    """A new chat: the card's first message, macros filled in (none when the card has no greeting)."""
+    text = macros.substitute(card.first_mes, char=card.nickname or card.name, user=user).strip()
+    return [Message("model", text)] if text else []
+
+
+def read_st_chat(path: Path) -> StChat:
+    """A SillyTavern JSONL chat: the header's `user_name`, and messages not marked `is_system`."""
+    try:
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PromptError(f"{path}: not a readable SillyTavern .jsonl chat ({exc})") from exc
+    if not lines or not all(isinstance(line, dict) for line in lines):
+        raise PromptError(f"{path}: expected one JSON object per line (a header, then messages)")
+    header = lines[0] if "mes" not in lines[0] else {}
+    body = lines[1:] if header else lines
+    messages = [
+        Message("user" if m.get("is_user") else "model", str(m.get("mes", ""))) for m in body if not m.get("is_system")
+    ]
+    return StChat(header.get("user_name"), messages)
+
+
+def _print(prompt: Prompt, how: str) -> int:
+    sys.stdout.write(prompt.text)
+    sys.stdout.flush()
+    report = prompt.report
+    out = [f"\n--- format {prompt.format}, {report.total} of {report.budget} tokens ({how})"]
+    out += [f"  {name:<13}{tokens:>7}" for name, tokens in report.sections.items() if tokens]
+    dropped = (
+        ("examples", report.dropped_examples),
+        ("messages", report.dropped_messages),
+        ("lore entries", report.dropped_lore),
+    )
+    out += [f"  dropped {what}: {', '.join(map(str, which))}" for what, which in dropped if which]
+    out += ["  dropped the author's note"] if report.dropped_note else []
+    out += [f"  stop strings: {', '.join(json.dumps(s) for s in prompt.stops)}"]
+    print("\n".join(out), file=sys.stderr)
+    return 0
