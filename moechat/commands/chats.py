@@ -1,0 +1,118 @@
+"""`python -m moechat chats import|list|export`: move chats between moechat, SillyTavern and TGW."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from moechat import markdown_export, sillytavern, tgw
+from moechat.errors import StoreError
+from moechat.store import Store
+from moechat.store_records import ImportedChat, SkippedLine
+
+
+def default_data_dir() -> Path:
+    """MOECHAT_DATA_DIR, else $XDG_DATA_HOME/moechat, else ~/.local/share/moechat."""
+    if env := os.environ.get("MOECHAT_DATA_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "moechat"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m moechat chats", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="data dir (default: $MOECHAT_DATA_DIR or the user data dir)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    imp = sub.add_parser("import", help="import SillyTavern .jsonl or text-generation-webui .json chats")
+    imp.add_argument("files", nargs="+", type=Path)
+    imp.add_argument("--character", default="", help="character name for TGW files (default: their folder)")
+    lst = sub.add_parser("list", help="list chats, newest first")
+    lst.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    exp = sub.add_parser("export", help="write one chat as SillyTavern JSONL or Markdown")
+    exp.add_argument("chat_id", type=int)
+    exp.add_argument("--format", choices=("st", "md"), default="st")
+    exp.add_argument("-o", "--output", type=Path, required=True)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    with Store.open(args.data_dir or default_data_dir()) as store:
+        if args.action == "import":
+            return _import(store, args.files, args.character)
+        if args.action == "list":
+            return _list(store, args.json)
+        return _export(store, args.chat_id, args.format, args.output)
+
+
+def read_chat_file(path: Path, character: str = "") -> tuple[ImportedChat, list[SkippedLine]]:
+    """ST JSONL or TGW JSON, told apart by suffix, else by content."""
+    if path.suffix.lower() == ".jsonl":
+        return sillytavern.read_file(path)
+    if path.suffix.lower() == ".json":
+        return tgw.read_file(path, character)
+    try:
+        if path.stat().st_size > sillytavern.MAX_FILE_BYTES:
+            return sillytavern.read_file(path)  # refuses it with the size in the message
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (OSError, ValueError):
+        data = None  # JSONL (or unreadable: the ST reader says why)
+    return tgw.read_file(path, character) if tgw.is_history(data) else sillytavern.read_file(path)
+
+
+def _import(store: Store, files: list[Path], character: str) -> int:
+    failed = 0
+    for path in files:
+        try:
+            chat, skipped = read_chat_file(path, character)
+            info = store.import_chat(chat)
+        except StoreError as exc:
+            print(f"{path}: not imported: {exc}")
+            failed += 1
+            continue
+        print(f"{path}: chat {info.id} ({info.message_count} messages, character {info.character_name!r})")
+        for item in skipped:
+            print(f"{path}:{item.line}: skipped: {item.reason}")
+    return 1 if failed else 0
+
+
+def _list(store: Store, as_json: bool) -> int:
+    chats = store.chats()
+    if as_json:
+        rows = [
+            {
+                "id": c.id,
+                "character": c.character_name,
+                "title": c.title,
+                "messages": c.message_count,
+                "created": c.created,
+                "updated": c.updated,
+                "parent_chat_id": c.parent_chat_id,
+            }
+            for c in chats
+        ]
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        return 0
+    print(f"{'id':>6}  {'updated':<16}  {'msgs':>5}  {'character':<20}  title")
+    for c in chats:
+        when = datetime.fromtimestamp(c.updated).strftime("%Y-%m-%d %H:%M")
+        print(f"{c.id:>6}  {when:<16}  {c.message_count:>5}  {c.character_name[:20]:<20}  {c.title}")
+    return 0
+
+
+def _export(store: Store, chat_id: int, fmt: str, output: Path) -> int:
+    chat = store.chat(chat_id)
+    messages = store.messages(chat_id)
+    if fmt == "md":
+        text = markdown_export.to_markdown(chat, messages)
+    else:
+        text = sillytavern.to_jsonl(chat, messages, dict(store.iter_routing(chat_id)))
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise StoreError(f"cannot write {output}: {exc}") from exc
+    print(f"chat {chat_id} written to {output}")
+    return 0
