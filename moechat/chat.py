@@ -1,0 +1,315 @@
+"""One chat turn as a generator of Updates (no Gradio): prompt built, user message committed before
+generation, tokens streamed, the reply and its routing saved as they grow (a kill leaves the partial
+reply marked stopped, never torn) and finally marked finished or stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from moechat import formats, lorebook, macros
+from moechat.cards import Card, card_from_json
+from moechat.engine import Engine, Sampling, Token
+from moechat.errors import StoreError
+from moechat.prompt import AuthorsNote, Budget, Message, Persona, Prompt, Report, build
+from moechat.store import Store
+from moechat.store_records import Message as StoredMessage
+from moechat.store_records import RoutingRecord
+
+SAVE_EVERY_S = 0.5  # the reply so far is written to the store at most this often (and at the end)
+Mode = Literal["reply", "continue", "impersonate"]
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """Per-turn settings from the UI or API."""
+
+    sampling: Sampling = field(default_factory=Sampling)
+    format: str | None = None  # prompt format; None: the chat's, else the model's default
+    user_name: str = "You"
+    persona: str = ""  # the user's persona description; "" falls back to the chat's
+    system_prompt: str | None = None  # the global system prompt; None: the format's default
+
+
+@dataclass(frozen=True, eq=False)
+class Update:
+    """The turn so far. `probs` rows belong to `token_texts` (generated tokens); the prompt_* fields
+    are the routing of the user message's own tokens (empty for regenerate/continue)."""
+
+    chat_id: int
+    message_id: int
+    swipe_index: int
+    text: str
+    token_texts: tuple[str, ...]
+    probs: np.ndarray  # float32 [tokens, layers, experts]
+    report: Report
+    prompt_message_id: int | None = None
+    prompt_token_texts: tuple[str, ...] = ()
+    prompt_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    finish: str | None = None  # None while streaming; then "eos", "length", "stop" or "cancelled"
+    tokens_per_s: float = 0.0
+
+
+def start_chat(store: Store, character_id: int, *, user_name: str = "You", title: str = "") -> int:
+    """A new chat whose first message is the card's greeting, with alternate greetings as its swipes."""
+    card = character_card(store, character_id)
+    greetings = tuple(
+        macros.substitute(g, char=card.char_name, user=user_name, seed=character_id) for g in card.greetings if g
+    )
+    return store.create_chat(character_id, title=title, greetings=greetings).id
+
+
+def character_card(store: Store, character_id: int) -> Card:
+    return card_from_json(store.character(character_id).card())
+
+
+def send(
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    user_text: str,
+    options: TurnOptions = TurnOptions(),
+    cancel: threading.Event | None = None,
+) -> Iterator[Update]:
+    """The user says `user_text` (committed before generation starts); the character replies."""
+    if not user_text.strip():
+        raise StoreError("nothing to send: the message is empty")
+    user = store.add_message(chat_id, "user", user_text, name=options.user_name)
+    yield from _turn(engine, store, chat_id, options, cancel, "reply", prompt_message=user)
+
+
+def regenerate(
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    options: TurnOptions = TurnOptions(),
+    cancel: threading.Event | None = None,
+) -> Iterator[Update]:
+    """A new swipe for the last reply, generated from the chat before it."""
+    last = _last_reply(store, chat_id)
+    yield from _turn(engine, store, chat_id, options, cancel, "reply", target=last)
+
+
+def continue_reply(
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    options: TurnOptions = TurnOptions(),
+    cancel: threading.Event | None = None,
+) -> Iterator[Update]:
+    """More of the last reply: new tokens are appended to its current swipe."""
+    last = _last_reply(store, chat_id)
+    yield from _turn(engine, store, chat_id, options, cancel, "continue", target=last)
+
+
+def impersonate(
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    options: TurnOptions = TurnOptions(),
+    cancel: threading.Event | None = None,
+) -> Iterator[str]:
+    """Drafts of the user's next message, written by the model; nothing is stored."""
+    p = prompt_for(engine, store, chat_id, options, "impersonate", _visible(store, chat_id))
+    sampling = replace(options.sampling, stop=_stops(options.sampling, p))
+    text = ""
+    for tok in engine.stream(engine.tokenize(p.text), sampling, cancel):
+        if not tok.prompt:
+            text += tok.text
+            yield text.lstrip()
+
+
+def prompt_for(
+    engine: Engine, store: Store, chat_id: int, options: TurnOptions, mode: Mode, messages: list[StoredMessage]
+) -> Prompt:
+    """The exact prompt for the next turn of `chat_id` over `messages` (what the model will see)."""
+    chat = store.chat(chat_id)
+    card = character_card(store, chat.character_id)
+    history = [Message("user" if m.role == "user" else "model", m.text) for m in messages if m.role != "system"]
+    fmt_name = options.format or chat.format or formats.default_format(engine.info.name, engine.info.chat_template)
+    fmt = formats.get_format(fmt_name, engine.info.chat_template)
+    lore = ()
+    if card.character_book is not None:
+        texts = [m.text for m in history]
+        lore = lorebook.select(card.character_book, texts, engine.count_tokens, budget=engine.n_ctx // 4).fired
+    budget = Budget(engine.n_ctx, reserve=min(options.sampling.max_tokens, engine.n_ctx // 2))
+    persona = Persona(options.user_name, options.persona or chat.persona)
+    return build(
+        card,
+        history,
+        fmt=fmt,
+        persona=persona,
+        lore=lore,
+        note=AuthorsNote(chat.authors_note),
+        system_prompt=options.system_prompt,
+        budget=budget,
+        count_tokens=engine.count_tokens,
+        mode=mode,
+        seed=chat_id,
+    )
+
+
+def _visible(store: Store, chat_id: int) -> list[StoredMessage]:
+    return [m for m in store.messages(chat_id) if not m.hidden]
+
+
+def _last_reply(store: Store, chat_id: int) -> StoredMessage:
+    messages = store.messages(chat_id)
+    if not messages or messages[-1].role != "assistant":
+        raise StoreError("the last message is not the character's: send a message first")
+    return messages[-1]
+
+
+def _stops(sampling: Sampling, p: Prompt) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*sampling.stop, *p.stops)))
+
+
+def _turn(
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    options: TurnOptions,
+    cancel: threading.Event | None,
+    mode: Mode,
+    *,
+    target: StoredMessage | None = None,
+    prompt_message: StoredMessage | None = None,
+) -> Iterator[Update]:
+    visible = _visible(store, chat_id)
+    if target is not None and mode == "reply":  # regenerate: the chat as it was before that reply
+        visible = [m for m in visible if m.position < target.position]
+    p = prompt_for(engine, store, chat_id, options, mode, visible)
+    card = character_card(store, store.chat(chat_id).character_id)
+    if mode == "continue":
+        swipe, base_text = target.current, target.text
+    else:
+        swipe = store.begin_reply(
+            chat_id, name=card.name, model=engine.info.name, message_id=target.id if target else None
+        )
+        base_text = ""
+    reply = _Reply(engine, store, swipe.id, base_text, chat_id, swipe.message_id, swipe.index, p.report)
+    tokens = engine.stream(engine.tokenize(p.text), replace(options.sampling, stop=_stops(options.sampling, p)), cancel)
+    try:
+        yield from reply.run(tokens, prompt_message)
+    finally:
+        reply.close()
+
+
+class _Reply:
+    """Folds a token stream into Updates and saves the reply as it grows."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        swipe_id: int,
+        base_text: str,
+        chat_id: int,
+        message_id: int,
+        swipe_index: int,
+        report: Report,
+    ) -> None:
+        self.store, self.swipe_id, self.text = store, swipe_id, base_text
+        self.head = dict(chat_id=chat_id, message_id=message_id, swipe_index=swipe_index, report=report)
+        info = engine.info
+        self.probs = np.full((0, info.n_layers, max(info.n_experts, 1)), np.nan, np.float32)
+        self.texts: list[str] = []
+        self.rows: list[tuple[Token, int]] = []  # tokens with routing, and their offsets in self.text
+        self.saved_text, self.saved_rows, self.last_save = len(base_text), 0, time.monotonic()
+        self.prompt_fields: dict = {}
+        self.t_first: float | None = None
+        self.finish: str | None = None
+        self.rate = 0.0
+
+    def run(self, tokens: Iterator[Token], prompt_message: StoredMessage | None) -> Iterator[Update]:
+        prompt: list[Token] = []
+        for tok in tokens:
+            if tok.prompt:
+                prompt.append(tok)
+                continue
+            if self.t_first is None:
+                self.t_first = time.monotonic()
+                if prompt_message is not None:
+                    self._save_prompt_routing(prompt, prompt_message)
+            self._add(tok)
+            if time.monotonic() - self.last_save >= SAVE_EVERY_S:
+                self._save()
+            yield self._update()
+        self.finish = self.finish or "length"
+
+    def _add(self, tok: Token) -> None:
+        if tok.finish:
+            self.finish = tok.finish
+        if tok.finish == "eos" or tok.id < 0:
+            self.text += tok.text  # no token to show: release held text only
+            return
+        if tok.routing is not None:
+            self.rows.append((tok, len(self.text)))
+            if len(self.probs) < len(self.rows):
+                grown = np.full((max(64, 2 * len(self.probs)), *self.probs.shape[1:]), np.nan, np.float32)
+                grown[: len(self.probs)] = self.probs
+                self.probs = grown
+            self.probs[len(self.rows) - 1] = tok.routing.probs
+        self.texts.append(tok.text)
+        self.text += tok.text
+
+    def _update(self) -> Update:
+        if self.t_first is not None and len(self.texts) > 1:
+            self.rate = (len(self.texts) - 1) / max(time.monotonic() - self.t_first, 1e-9)
+        return Update(
+            **self.head,
+            text=self.text,
+            token_texts=tuple(self.texts),
+            probs=self.probs[: len(self.rows)],
+            finish=self.finish,
+            tokens_per_s=self.rate,
+            **self.prompt_fields,
+        )
+
+    def _save(self) -> None:
+        new_rows = self.rows[self.saved_rows :]
+        chunk = self.text[self.saved_text :]
+        record = _record([t for t, _ in new_rows], [o - self.saved_text for _, o in new_rows]) if new_rows else None
+        if chunk or record is not None:
+            self.store.append_to_swipe(self.swipe_id, chunk, record)
+        self.saved_text, self.saved_rows, self.last_save = len(self.text), len(self.rows), time.monotonic()
+
+    def _save_prompt_routing(self, prompt: list[Token], message: StoredMessage) -> None:
+        joined = "".join(t.text for t in prompt)
+        start = joined.rfind(message.text)
+        if start < 0 or not message.text or prompt[0].routing is None:
+            return
+        end, pos, picked = start + len(message.text), 0, []
+        for tok in prompt:
+            if pos < end and pos + len(tok.text) > start:
+                picked.append((tok, pos - start))
+            pos += len(tok.text)
+        self.store.set_prompt_routing(message.id, _record([t for t, _ in picked], [o for _, o in picked]))
+        self.prompt_fields = dict(
+            prompt_message_id=message.id,
+            prompt_token_texts=tuple(t.text for t, _ in picked),
+            prompt_probs=np.stack([t.routing.probs for t, _ in picked]),
+        )
+
+    def close(self) -> None:
+        """Save what is left and mark the swipe finished, or stopped (cancelled, abandoned, failed)."""
+        self._save()
+        finished = self.finish in ("eos", "length", "stop")
+        self.store.finish_swipe(
+            self.swipe_id, stopped=not finished, tokens_per_s=self.rate or None, n_tokens=len(self.texts)
+        )
+
+
+def _record(tokens: list[Token], offsets: list[int]) -> RoutingRecord:
+    return RoutingRecord(
+        probs=np.stack([t.routing.probs for t in tokens]),
+        experts=np.stack([t.routing.experts for t in tokens]),
+        token_ids=np.array([t.id for t in tokens], np.int32),
+        offsets=np.array(offsets, np.int32),
+    )
