@@ -8,6 +8,7 @@ abandoning the generator releases it. The KV cache is reused for the longest com
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import threading
@@ -110,20 +111,28 @@ class Engine:
         full_prompt_routing: bool = True,
         allow_dense: bool = False,
         exact: bool = False,
+        experts_used: int | None = None,
     ) -> Engine:
         """Load a GGUF. n_gpu_layers None = all layers when the build can offload, else 0.
 
         capture: "auto" (compiled callback, falling back to Python), "fast", "python" or "off".
         exact: float32 KV cache and attention, for comparisons with other implementations.
+        experts_used: override the model's top-k (e.g. 1 to reply with top-1 routing only).
         full_prompt_routing: request outputs for every prompt token so the last layer's routing exists
         for prompt tokens too (llama.cpp drops rows without outputs before the last FFN).
         """
         info = read_info(path, allow_dense=allow_dense)
+        if experts_used is not None:
+            if not info.is_moe or not 0 < experts_used <= info.n_experts:
+                raise EngineError(f"experts_used must be 1..{info.n_experts} for {info.path.name}, got {experts_used}")
+            info = dataclasses.replace(info, n_experts_used=experts_used)
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
         layers = (info.n_layers + 1 if gpu else 0) if n_gpu_layers is None else n_gpu_layers
         threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = layers
+        overrides = _overrides({f"{info.architecture}.expert_used_count": experts_used} if experts_used else {})
+        mparams.kv_overrides = overrides
         try:
             model = internals.LlamaModel(path_model=str(info.path), params=mparams, verbose=False)
         except ValueError as exc:
@@ -131,7 +140,9 @@ class Engine:
         cap = make_capture(capture)
         ctx = _context(model, n_ctx or info.context_length, threads, cap, exact)
         report = LoadReport(gpu, layers if gpu else 0, cap.mode if cap else "off", threads)
-        return cls(info, model, ctx, cap, report, full_prompt_routing)
+        engine = cls(info, model, ctx, cap, report, full_prompt_routing)
+        engine._overrides = overrides  # llama.cpp keeps the pointer: keep the array alive
+        return engine
 
     # ---- text -------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
@@ -318,6 +329,18 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def _overrides(values: dict[str, int]) -> ctypes.Array | None:
+    """A sentinel-terminated llama_model_kv_override array of integer overrides, or None."""
+    if not values:
+        return None
+    array = (llama_cpp.llama_model_kv_override * (len(values) + 1))()
+    for item, (key, value) in zip(array, values.items(), strict=False):
+        item.key = key.encode()
+        item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+        item.value.val_i64 = value
+    return array
 
 
 def _context(

@@ -331,6 +331,21 @@ def test_trace_cli_bad_file_is_one_line_error(tmp_path):
 
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"nope")
-    done = subprocess.run([sys.executable, "-m", "moechat", "trace", str(bad), "--prompt", "x"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "moechat", "trace", str(bad), "--prompt", "x"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "not a GGUF" in done.stderr
+
+
+def test_top1_override_routes_each_token_to_one_expert(tiny_models):
+    with Engine.load(tiny_models["moe4"], n_ctx=128, experts_used=1) as eng:
+        assert eng.info.n_experts_used == 1
+        toks = list(eng.stream(eng.tokenize(PROMPT), GREEDY))
+        probed = eng.probe(read_ids(toks), ["ffn_moe_topk"])
+    assert all(t.routing.experts.shape == (3, 1) for t in toks if t.routing is not None)
+    assert all(v.shape[1] == 1 for v in probed["ffn_moe_topk"].values())  # llama.cpp itself ran top-1
+    with Engine.load(tiny_models["moe4"], n_ctx=128) as top2:
+        assert [t.id for t in top2.stream(top2.tokenize(PROMPT), GREEDY)] != [t.id for t in toks]
+    with pytest.raises(EngineError, match=r"experts_used must be 1\.\.4"):
+        Engine.load(tiny_models["moe4"], experts_used=5)
