@@ -23,8 +23,8 @@ from moechat.ui_routing import Model, Shown, badge_of, drift, heatmap, metrics_v
 from moechat.ui_session import Session, StopFlags, Stores
 
 log = logging.getLogger(__name__)
-LIVE_EVERY_S = 0.1  # chat text, coloured tokens and metrics while streaming
-FIGURES_EVERY_S = 1.0  # heatmap and share bars while streaming (their JSON grows with the reply)
+LIVE_EVERY_S = 0.15  # chat text, coloured tokens and metrics while streaming (and the final update)
+FIGURES_EVERY_S = 3.0  # heatmap and share bars while streaming (costly to build and to draw; final one always)
 PRESETS: dict[str, Sampling] = {
     "Balanced": Sampling(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05, repeat_penalty=1.05),
     "Precise": Sampling(temperature=0.3, top_p=0.9, top_k=20, min_p=0.1, repeat_penalty=1.05),

@@ -1,0 +1,210 @@
+"""Real-browser tests: `python app.py` on a generated MoE model, driven by Debian's chromium (headless).
+
+The model (6 layers, 2 experts "Xwin"/"Pygmalion", top-2) favours one token under greedy decoding, so a greedy
+reply never ends early: the stop test can click Stop mid-reply. Screenshots for the README go to assets/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import TimeoutError as PWTimeout  # noqa: E402
+
+from moechat.cards import Card, card_bytes  # noqa: E402
+from moechat.tiny_gguf import TinySpec, write_tiny_gguf  # noqa: E402
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+SPEC = TinySpec(n_layers=6, n_embd=512, n_ff=1536, n_heads=8, n_kv_heads=4, n_ctx=4096, dtype="f16", seed=7,
+                favour=324, expert_names=("Xwin", "Pygmalion"))
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python app.py` as a subprocess; restartable on the same data dir and port."""
+
+    def __init__(self, model: Path, data_dir: Path) -> None:
+        self.model, self.data_dir, self.port = model, data_dir, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+        cmd = [sys.executable, "app.py", "--model", str(self.model), "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--threads", "1", "--n-ctx", "2048"]
+        self.log = self.data_dir.parent / "app.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app.py exited: {self.log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=1)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("app.py did not answer within 60 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("ui")
+    srv = Server(write_tiny_gguf(root / "moe.gguf", SPEC), root / "data")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    pg = context.new_page()
+    pg.dialogs = []  # type: ignore[attr-defined]
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
+    pg.goto(server.url)
+    expect(pg.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
+    set_max_tokens(pg, 48)
+    yield pg
+    assert pg.dialogs == []  # type: ignore[attr-defined]  # no script from any text ever ran
+    context.close()
+
+
+def set_max_tokens(page: Page, n: int) -> None:
+    page.get_by_text("Persona, format and sampling").click()
+    page.locator("#max_tok input[type=number]").fill(str(n))
+    page.locator("#max_tok input[type=number]").press("Enter")
+
+
+def wait_idle(page: Page) -> None:
+    try:
+        page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
+    except PWTimeout:
+        pass
+    expect(page.locator(".generating")).to_have_count(0, timeout=60_000)
+
+
+def send(page: Page, text: str) -> None:
+    page.locator("#msg textarea").fill(text)
+    page.locator("#msg textarea").press("Enter")
+
+
+def pick(page: Page, name: str) -> None:
+    page.locator("#gallery .thumbnail-item", has_text=name).first.click()
+    expect(page.locator("#char_info")).to_contain_text(name)
+    wait_idle(page)
+
+
+def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page) -> None:
+    pick(page, "Captain Juno")
+    expect(page.get_by_test_id("bot").first).to_contain_text("airlock")
+    send(page, "Hello captain, what is our heading?")
+    expect(page.get_by_test_id("user").last).to_contain_text("what is our heading?")
+    wait_idle(page)
+    expect(page.get_by_test_id("bot")).to_have_count(2)
+    expect(page.get_by_test_id("bot").last).to_contain_text("% Xwin")  # the routing badge
+    assert page.locator("#tokens .moe-tok").count() > 10
+    expect(page.locator("#tokens .moe-legend")).to_contain_text("Pygmalion")
+    expect(page.locator("#heatmap .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#bars .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#metrics")).to_contain_text("mutual information")
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#model_panel")).to_contain_text("tokens/s")
+    page.get_by_role("tab", name="Chat").click()
+    (ROOT / "assets").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "assets" / "screenshot-chat.png"), full_page=True)
+
+
+def test_regenerate_and_swipe(page: Page) -> None:
+    expect(page.get_by_test_id("bot")).to_have_count(2, timeout=15_000)  # the chat is back after a reload
+    page.locator("#regen").click()
+    wait_idle(page)
+    expect(page.get_by_test_id("bot").last).to_contain_text("swipe 2/2")
+    page.locator("#swipe_prev").click()
+    expect(page.get_by_test_id("bot").last).to_contain_text("swipe 1/2")
+    page.locator("#swipe_next").click()
+    expect(page.get_by_test_id("bot").last).to_contain_text("swipe 2/2")
+
+
+def test_stop_mid_reply(page: Page) -> None:
+    page.get_by_label("Greedy (repeatable)").check()
+    page.locator("#max_tok input[type=number]").fill("1024")
+    page.locator("#max_tok input[type=number]").press("Enter")
+    send(page, "Tell me a very long story.")
+    expect(page.locator("#tokens .moe-tok").first).to_be_visible(timeout=30_000)
+    page.locator("#stop").click()
+    expect(page.get_by_text("Stopped: the partial reply is kept.")).to_be_visible(timeout=30_000)
+    wait_idle(page)
+    assert 0 < page.locator("#tokens .moe-tok").count() < 1000
+
+
+def test_history_survives_reload_and_restart(page: Page, server: Server) -> None:
+    expect(page.get_by_test_id("user").first).to_contain_text("what is our heading?", timeout=15_000)
+    page.reload()
+    expect(page.get_by_test_id("user").first).to_contain_text("what is our heading?", timeout=15_000)
+    server.stop()
+    server.start()
+    page.goto(server.url)
+    expect(page.get_by_test_id("user").first).to_contain_text("what is our heading?", timeout=30_000)
+    expect(page.get_by_test_id("user").last).to_contain_text("very long story")
+
+
+def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path) -> None:
+    card = Card(name="Hostile Harry", description=HOSTILE, first_mes=f"<script>alert(2)</script> Hi! {HOSTILE}",
+                creator_notes=f"notes {HOSTILE}", tags=["<b>bold</b>"])
+    path = tmp_path / "harry.png"
+    path.write_bytes(card_bytes(card, "png"))
+    page.get_by_role("tab", name="Characters").click()
+    page.locator("#card_upload input[type=file]").set_input_files(str(path))
+    expect(page.get_by_text("Imported Hostile Harry.")).to_be_visible(timeout=30_000)
+    page.get_by_role("tab", name="Chat").click()
+    expect(page.locator("#char_info")).to_contain_text(f"notes {HOSTILE}")
+    expect(page.get_by_test_id("bot").first).to_contain_text("<script>alert(2)</script> Hi!")
+    send(page, f"{HOSTILE} <script>alert(3)</script>")
+    wait_idle(page)
+    expect(page.get_by_test_id("user").last).to_contain_text(HOSTILE)
+    expect(page.get_by_test_id("bot")).to_have_count(2)
+    assert page.locator("#chatbot img[src=x], #char_info img[src=x], #chatbot script").count() == 0
+    page.screenshot(path=str(ROOT / "assets" / "screenshot-import.png"), full_page=True)
