@@ -25,8 +25,19 @@ from moechat.engine import Engine, Sampling
 from moechat.tiny_gguf import TinySpec, write_tiny_gguf
 
 # ~5-10 ms per token on one core of the 2-core CI machine: big enough that per-token overheads show
-SPEC = TinySpec(n_layers=12, n_embd=512, n_ff=1536, n_heads=8, n_kv_heads=8, n_experts=2, n_experts_used=2,
-                n_ctx=1024, dtype="f16", seed=11, name="bench-2x")
+SPEC = TinySpec(
+    n_layers=12,
+    n_embd=512,
+    n_ff=1536,
+    n_heads=8,
+    n_kv_heads=8,
+    n_experts=2,
+    n_experts_used=2,
+    n_ctx=1024,
+    dtype="f16",
+    seed=11,
+    name="bench-2x",
+)
 PROMPT = "The lighthouse keeper climbed the stairs and looked out over the sea."
 
 
@@ -58,7 +69,9 @@ def main() -> None:
     path = write_tiny_gguf(Path(tempfile.mkdtemp()) / "bench.gguf", SPEC)
     t = args.threads
     plain = Llama(str(path), n_ctx=1024, n_threads=t, n_threads_batch=t, n_gpu_layers=0, verbose=False)
-    engines = {m: Engine.load(path, n_ctx=1024, n_threads=t, capture=m, n_gpu_layers=0) for m in ("off", "python", "fast")}
+    engines = {
+        m: Engine.load(path, n_ctx=1024, n_threads=t, capture=m, n_gpu_layers=0) for m in ("off", "python", "fast")
+    }
     runs: dict[str, Callable[[], float]] = {"plain": lambda: time_plain(plain, args.tokens)}
     runs |= {m: (lambda e=e: time_engine(e, args.tokens)) for m, e in engines.items()}
     for fn in runs.values():  # warm-up
@@ -68,15 +81,19 @@ def main() -> None:
         for name, fn in runs.items():
             rates[name].append(fn())
     med = {name: statistics.median(r) for name, r in rates.items()}
-    print(f"model: {SPEC.n_layers} layers, n_embd {SPEC.n_embd}, 2 experts top-2, f16; threads {t}; "
-          f"{args.tokens} tokens x {args.rounds} rounds (median)")
+    print(
+        f"model: {SPEC.n_layers} layers, n_embd {SPEC.n_embd}, 2 experts top-2, f16; threads {t}; "
+        f"{args.tokens} tokens x {args.rounds} rounds (median)"
+    )
     print(f"{'variant':<8} {'tok/s':>8} {'ms/tok':>8}  ratio")
     for name in runs:
         base = "plain" if name == "off" else "off"
         ratio = "" if name == "plain" else f"{med[name] / med[base]:.3f} x {base}"
         print(f"{name:<8} {med[name]:8.1f} {1000 / med[name]:8.2f}  {ratio}")
-    print(f"targets: fast/off >= 0.97 -> {med['fast'] / med['off']:.3f}; off/plain >= 0.97 -> "
-          f"{med['off'] / med['plain']:.3f}")
+    print(
+        f"targets: fast/off >= 0.97 -> {med['fast'] / med['off']:.3f}; off/plain >= 0.97 -> "
+        f"{med['off'] / med['plain']:.3f}"
+    )
 
 
 if __name__ == "__main__":

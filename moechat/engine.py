@@ -304,6 +304,12 @@ class Engine:
         rows = [embedding] + [got["l_out"][i][-1] for i in range(self.info.n_layers - 1)]
         return np.stack(rows).astype(np.float32)
 
+    def clear(self) -> None:
+        """Forget the cached prompt: the next stream evaluates every token."""
+        with self._lock:
+            self._check_open()
+            self._truncate(0)
+
     def close(self) -> None:
         """Free the context and model; waits for a running stream to finish or be abandoned."""
         with self._lock:
