@@ -83,7 +83,7 @@ def random_gates(config: MoEConfig, n_layers: int, n_embd: int) -> np.ndarray:
     return rng.uniform(-bound, bound, shape).astype(np.float32)
 
 
-def expert_gate(expert: Expert, mode: str, vector: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+def expert_gate(expert: Expert, vector: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """mergekit's gate for one expert: unit(v(positive) - v(negative)) per layer, float64 [n_layers, n_embd]."""
     gate = vector(expert.positive_prompts or [])
     if expert.negative_prompts:
@@ -110,7 +110,7 @@ def prompt_gates(
         return hidden_mean(inputs, ids, average=config.gate_mode == "hidden_avg")
 
     experts = _progress(config.experts, progress, "gates")
-    gates = [expert_gate(e, config.gate_mode, vector) for e in experts]
+    gates = [expert_gate(e, vector) for e in experts]
     return np.stack(gates, axis=1).astype(np.float32)
 
 
