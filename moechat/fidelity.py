@@ -124,9 +124,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 # ---- running the models ----------------------------------------------------------------------------------------
 def compare_models(
-    path_a: str | Path, path_b: str | Path, texts: Sequence[str] = TEXTS, *, n_threads: int | None = None
+    path_a: str | Path, path_b: str | Path, texts: Sequence[str] | None = None, *, n_threads: int | None = None
 ) -> FidelityReport:
-    """Teacher-force `texts` through A then B (one loaded at a time) and compare B to A."""
+    """Teacher-force `texts` (default TEXTS) through A then B (one loaded at a time) and compare B to A."""
+    texts = TEXTS if texts is None else texts
     info_a, info_b = read_info(path_a), read_info(path_b)
     shape_a = (info_a.architecture, info_a.n_layers, info_a.n_embd, info_a.n_experts)
     shape_b = (info_b.architecture, info_b.n_layers, info_b.n_embd, info_b.n_experts)
