@@ -6,6 +6,7 @@ before llama.cpp sees it: the checks turn such files into an EngineError that sa
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,18 @@ class ModelInfo:
 
 
 def open_reader(path: str | Path) -> gguf.GGUFReader:
-    """Open a GGUF for reading; a missing, foreign, truncated or corrupt file raises EngineError."""
+    """Open a GGUF for reading; a missing, foreign, truncated or corrupt file raises EngineError.
+
+    Parsing a large vocabulary takes seconds, so readers are kept per (file, size, mtime)."""
     p = Path(path)
     if not p.is_file():
         raise EngineError(f"model file not found: {p}. Check the path, or run without --model for the demo.")
+    stat = p.stat()
+    return _cached_reader(p.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_reader(p: Path, _size: int, _mtime_ns: int) -> gguf.GGUFReader:
     with p.open("rb") as fh:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
