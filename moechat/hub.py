@@ -98,6 +98,8 @@ def resolve_model(
     path = Path(value).expanduser()
     if path.is_file():
         return ResolvedModel(path, "local")
+    if value.lower().endswith(".gguf") and ":" not in value:
+        raise EngineError(f"model file not found: {path}. Check the path, or give a Hub repo as owner/name.")
     repo, spec = _split_spec(value)
     alias = repo.lower() if repo.lower() in CATALOGUE else None
     if alias is None and not _REPO.fullmatch(repo):

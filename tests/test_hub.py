@@ -171,6 +171,8 @@ def test_local_path_demo_and_nonsense(tmp_path: Path, monkeypatch: pytest.Monkey
     assert hub.resolve_model("demo", tmp_path).source == "demo"
     with pytest.raises(EngineError, match="not a Hugging Face repo"):
         hub.resolve_model("not a model", tmp_path)
+    with pytest.raises(EngineError, match=r"model file not found: models/missing\.gguf"):
+        hub.resolve_model("models/missing.gguf", tmp_path)
 
 
 def test_progress_hook_sees_cached_files_and_bar_updates(cache: Path, tmp_path: Path) -> None:
