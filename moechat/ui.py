@@ -177,7 +177,7 @@ def build_ui(engine: Engine, store: Store, settings: Settings) -> gr.Blocks:
         regen.click(chat_ui.regenerate, [session, *opts], outputs, **LLM)
         cont.click(chat_ui.continue_reply, [session, *opts], outputs, **LLM)
         imp.click(chat_ui.impersonate, [session, *opts], [msg], **LLM)
-        stop.click(chat_ui.stop, None, None, queue=False, **PRIVATE)
+        stop.click(chat_ui.stop, None, None, concurrency_limit=None, concurrency_id="stop", **PRIVATE)
         swipe_prev.click(actions.swipe_left, [session], outputs, **PRIVATE)
         swipe_next.click(actions.swipe_right, [session], outputs, **PRIVATE)
         chatbot.select(actions.select, [session], [*outputs, edit_box, hidden], **PRIVATE)

@@ -111,17 +111,48 @@ class ChatUI:
         return model_markdown(self.engine.info, self.engine.report, session.last_rate)
 
     # ---- streamed turns ---------------------------------------------------------------------------------
-    def send(self, session: Session, text: str, *opts, request: gr.Request = None) -> Iterator[tuple]:
+    def send(
+        self,
+        session: Session,
+        text: str,
+        preset: str,
+        max_tokens: float,
+        seed: float | None,
+        fmt: str,
+        user_name: str,
+        persona: str,
+        request: gr.Request = None,
+    ) -> Iterator[tuple]:
         if not (text or "").strip():
             yield skip_all()
             return
-        yield from self._turn("send", session, text, opts, request)
+        yield from self._turn("send", session, text, (preset, max_tokens, seed, fmt, user_name, persona), request)
 
-    def regenerate(self, session: Session, *opts, request: gr.Request = None) -> Iterator[tuple]:
-        yield from self._turn("regenerate", session, "", opts, request)
+    def regenerate(
+        self,
+        session: Session,
+        preset: str,
+        max_tokens: float,
+        seed: float | None,
+        fmt: str,
+        user_name: str,
+        persona: str,
+        request: gr.Request = None,
+    ) -> Iterator[tuple]:
+        yield from self._turn("regenerate", session, "", (preset, max_tokens, seed, fmt, user_name, persona), request)
 
-    def continue_reply(self, session: Session, *opts, request: gr.Request = None) -> Iterator[tuple]:
-        yield from self._turn("continue", session, "", opts, request)
+    def continue_reply(
+        self,
+        session: Session,
+        preset: str,
+        max_tokens: float,
+        seed: float | None,
+        fmt: str,
+        user_name: str,
+        persona: str,
+        request: gr.Request = None,
+    ) -> Iterator[tuple]:
+        yield from self._turn("continue", session, "", (preset, max_tokens, seed, fmt, user_name, persona), request)
 
     def _turn(self, kind: str, session: Session, text: str, opts: tuple, request: gr.Request | None):
         if session.chat_id is None:
@@ -188,7 +219,17 @@ class ChatUI:
                 gr.Info("Stopped: the partial reply is kept.")
         return self.views(session, reload_shown=True)
 
-    def impersonate(self, session: Session, *opts, request: gr.Request = None) -> Iterator[str]:
+    def impersonate(
+        self,
+        session: Session,
+        preset: str,
+        max_tokens: float,
+        seed: float | None,
+        fmt: str,
+        user_name: str,
+        persona: str,
+        request: gr.Request = None,
+    ) -> Iterator[str]:
         if session.chat_id is None:
             gr.Warning("Pick a character first.")
             return
@@ -196,7 +237,8 @@ class ChatUI:
         shown = 0.0
         draft = ""
         try:
-            for draft in chat.impersonate(self.engine, store, session.chat_id, turn_options(*opts), cancel):
+            options = turn_options(preset, max_tokens, seed, fmt, user_name, persona)
+            for draft in chat.impersonate(self.engine, store, session.chat_id, options, cancel):
                 if time.monotonic() - shown >= LIVE_EVERY_S:
                     shown = time.monotonic()
                     yield draft
