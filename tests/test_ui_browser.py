@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
+import contextlib
+
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PWTimeout
 
@@ -149,10 +151,8 @@ def set_max_tokens(page: Page, n: int) -> None:
 
 
 def wait_idle(page: Page) -> None:
-    try:
+    with contextlib.suppress(PWTimeout):
         page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
-    except PWTimeout:
-        pass
     expect(page.locator(".generating")).to_have_count(0, timeout=60_000)
 
 
