@@ -39,8 +39,9 @@ class TurnOptions:
 
 @dataclass(frozen=True, eq=False)
 class Update:
-    """The turn so far. `probs` rows belong to `token_texts` (generated tokens); the prompt_* fields
-    are the routing of the user message's own tokens (empty for regenerate/continue)."""
+    """The turn so far. `probs` has one row per entry of `token_texts` (this turn's generated tokens;
+    NaN rows where a token has no routing, e.g. with capture off); the prompt_* fields are the routing
+    of the user message's own tokens (empty for regenerate/continue)."""
 
     chat_id: int
     message_id: int
@@ -249,13 +250,13 @@ class _Reply:
         if tok.finish == "eos" or tok.id < 0:
             self.text += tok.text  # no token to show: release held text only
             return
+        if len(self.probs) == len(self.texts):  # one row per shown token; NaN where it has no routing
+            grown = np.full((max(64, 2 * len(self.probs)), *self.probs.shape[1:]), np.nan, np.float32)
+            grown[: len(self.probs)] = self.probs
+            self.probs = grown
         if tok.routing is not None:
             self.rows.append((tok, len(self.text)))
-            if len(self.probs) < len(self.rows):
-                grown = np.full((max(64, 2 * len(self.probs)), *self.probs.shape[1:]), np.nan, np.float32)
-                grown[: len(self.probs)] = self.probs
-                self.probs = grown
-            self.probs[len(self.rows) - 1] = tok.routing.probs
+            self.probs[len(self.texts)] = tok.routing.probs
         self.texts.append(tok.text)
         self.text += tok.text
 
@@ -266,7 +267,7 @@ class _Reply:
             **self.head,
             text=self.text,
             token_texts=tuple(self.texts),
-            probs=self.probs[: len(self.rows)],
+            probs=self.probs[: len(self.texts)],
             finish=self.finish,
             tokens_per_s=self.rate,
             **self.prompt_fields,
@@ -288,7 +289,7 @@ class _Reply:
         end, pos, picked = start + len(message.text), 0, []
         for tok in prompt:
             if pos < end and pos + len(tok.text) > start:
-                picked.append((tok, pos - start))
+                picked.append((tok, max(pos - start, 0)))  # a token straddling the start counts from 0
             pos += len(tok.text)
         self.store.set_prompt_routing(message.id, _record([t for t, _ in picked], [o for _, o in picked]))
         self.prompt_fields = dict(

@@ -142,3 +142,19 @@ def test_hidden_messages_stay_out_of_the_prompt(engine, store, chat_id):
     store.set_hidden(user.id, True)
     prompt = chat.prompt_for(engine, store, chat_id, OPTIONS, "reply", chat._visible(store, chat_id))
     assert "SECRET-WORD" not in prompt.text and "Mira" in prompt.text
+
+
+def test_update_rows_align_with_tokens_even_without_routing(tiny_moe_path, store, chat_id):
+    with Engine.load(tiny_moe_path, n_ctx=512, capture="off") as blind:
+        last = list(chat.send(blind, store, chat_id, "Hello", OPTIONS))[-1]
+    assert len(last.token_texts) > 0 and last.probs.shape[0] == len(last.token_texts)
+    assert np.isnan(last.probs).all()
+    assert store.routing(store.messages(chat_id)[-1].current.id) is None
+
+
+def test_prompt_routing_offsets_point_into_the_user_message(engine, store, chat_id):
+    list(chat.send(engine, store, chat_id, "Where is the lighthouse?", OPTIONS))
+    user = store.messages(chat_id)[1]
+    saved = store.routing(user.current.id, "prompt")
+    assert (saved.offsets >= 0).all() and (saved.offsets < len(user.text)).all()
+    assert saved.offsets[0] == 0 and (np.diff(saved.offsets) > 0).all()
