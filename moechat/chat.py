@@ -35,6 +35,7 @@ class TurnOptions:
     user_name: str = "You"
     persona: str = ""  # the user's persona description; "" falls back to the chat's
     system_prompt: str | None = None  # the global system prompt; None: the format's default
+    label: str = ""  # how the reply's swipe is labelled (e.g. "top-1 routing"); "" = the model's name
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,7 +192,7 @@ def _turn(
         swipe, base_text = target.current, target.text
     else:
         swipe = store.begin_reply(
-            chat_id, name=card.name, model=engine.info.name, message_id=target.id if target else None
+            chat_id, name=card.name, model=options.label or engine.info.name, message_id=target.id if target else None
         )
         base_text = ""
     reply = _Reply(engine, store, swipe.id, base_text, chat_id, swipe.message_id, swipe.index, p.report)
