@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,20 +36,26 @@ _HUMAN_FORMATS = ("%B %d, %Y %I:%M%p", "%B %d, %Y %H:%M", "%b %d, %Y %I:%M%p", "
 
 
 def parse_date(value: Any) -> float | None:
-    """Unix seconds from the date forms ST and TGW write (local time unless the text has a zone)."""
+    """Unix seconds from the date forms ST and TGW write (local time unless the text has a zone).
+
+    None for anything that is not a real date (month 13, an overflowing number, NaN, infinity)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return float(value) / 1000.0 if abs(value) > 1e11 else float(value)
+        try:
+            seconds = float(value) / 1000.0 if abs(value) > 1e11 else float(value)
+        except OverflowError:
+            return None
+        return seconds if math.isfinite(seconds) else None
     text = re.sub(r"\s+", " ", str(value)).strip()
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
         return parse_date(float(text))
-    if m := _ST_DATE.fullmatch(text):
-        y, mo, d, h, mi, s, ms = (int(g or 0) for g in m.groups())
-        return datetime(y, mo, d, h, mi, s, ms * 1000).timestamp()
     try:
+        if m := _ST_DATE.fullmatch(text):
+            y, mo, d, h, mi, s, ms = (int(g or 0) for g in m.groups())
+            return datetime(y, mo, d, h, mi, s, ms * 1000).timestamp()
         return datetime.fromisoformat(text).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         pass
     compact = re.sub(r"\s*([AaPp][Mm])$", lambda g: g.group(1).upper(), text)
     for fmt in _HUMAN_FORMATS:
