@@ -94,6 +94,27 @@ def field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def count_field(reader: gguf.GGUFReader, p: Path, key: str, default: int = 0) -> int:
+    """A whole-number metadata value; any other type (string, list, 1.5) raises EngineError."""
+    value = field(reader, key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EngineError(f"{p.name}: {key} must be a whole number, got {type(value).__name__} {value!r:.40}.")
+    return value
+
+
+def _typed(reader: gguf.GGUFReader, key: str, kind: type | tuple[type, ...]) -> Any:
+    """An optional metadata value, or None when it is missing or of the wrong type."""
+    value = field(reader, key)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _names(reader: gguf.GGUFReader) -> tuple[str, ...]:
+    value = field(reader, EXPERT_NAMES_KEY, ())
+    return tuple(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else ()
+
+
 def read_info(path: str | Path, allow_dense: bool = False) -> ModelInfo:
     """Read and validate a model's metadata. Raises EngineError for files llama.cpp cannot run, and
     NotMoEError for a dense model unless `allow_dense`."""
@@ -102,25 +123,25 @@ def read_info(path: str | Path, allow_dense: bool = False) -> ModelInfo:
     arch = field(reader, "general.architecture")
     if not isinstance(arch, str):
         raise EngineError(f"{p.name} has no general.architecture: it is not a model GGUF.")
-    n_experts = int(field(reader, f"{arch}.expert_count", 0) or 0)
-    n_used = int(field(reader, f"{arch}.expert_used_count", 0) or 0)
+    n_experts = count_field(reader, p, f"{arch}.expert_count")
+    n_used = count_field(reader, p, f"{arch}.expert_used_count")
     _check_experts(reader, p, arch, n_experts, n_used, allow_dense)
     file_type = field(reader, "general.file_type")
     info = ModelInfo(
         path=p,
         architecture=arch,
         name=str(field(reader, "general.name", p.stem)),
-        n_layers=int(field(reader, f"{arch}.block_count", 0)),
-        n_embd=int(field(reader, f"{arch}.embedding_length", 0)),
+        n_layers=count_field(reader, p, f"{arch}.block_count"),
+        n_embd=count_field(reader, p, f"{arch}.embedding_length"),
         n_experts=n_experts,
         n_experts_used=n_used,
-        context_length=int(field(reader, f"{arch}.context_length", 0)),
+        context_length=count_field(reader, p, f"{arch}.context_length"),
         file_type=_file_type_name(file_type),
         size_bytes=os.path.getsize(p),
-        chat_template=field(reader, "tokenizer.chat_template"),
-        bos_id=field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_id=field(reader, "tokenizer.ggml.eos_token_id"),
-        expert_names=tuple(field(reader, EXPERT_NAMES_KEY, ())),
+        chat_template=_typed(reader, "tokenizer.chat_template", str),
+        bos_id=_typed(reader, "tokenizer.ggml.bos_token_id", int),
+        eos_id=_typed(reader, "tokenizer.ggml.eos_token_id", int),
+        expert_names=_names(reader),
     )
     if info.n_layers <= 0 or info.n_embd <= 0:
         raise EngineError(f"{p.name} lacks {arch}.block_count or {arch}.embedding_length.")
