@@ -6,6 +6,9 @@ limit). Memory: process RSS before and after each reader and the peak (ru_maxrss
 
     python bench/fuzz_readers.py                   # 10,000 cases per reader, table on stdout
     python bench/fuzz_readers.py --cases 500 --readers card_json,st_jsonl --json out.json
+    python bench/fuzz_readers.py --control        # same cases, not read: hypothesis's own RSS growth
+
+With several readers each runs in its own interpreter, so RSS figures are per reader.
 
 tests/test_fuzz_readers.py runs a few hundred cases per reader through the same harness.
 """
@@ -19,6 +22,7 @@ import json
 import logging
 import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -493,24 +497,73 @@ READERS: dict[str, Reader] = {
 }
 
 
+API_KEYS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k"]
+API_KEYS += ["min_p", "repetition_penalty", "seed", "stop", "n", "stream", "stream_options", "moechat"]
+
+
+def api_cases() -> st.SearchStrategy[tuple[str, bytes]]:
+    part = keyed(["type", "text"]) | st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=10)})
+    content = st.text(max_size=20) | st.lists(part, max_size=3) | JSON_LEAF
+    role = st.sampled_from(["system", "developer", "user", "assistant", "tool"]) | JSON_LEAF
+    message = keyed(["role", "content", "name"]) | st.fixed_dictionaries(
+        {"role": role, "content": content}, optional={"name": JSON_LEAF}
+    )
+    ext = keyed(["routing", "format"], JSON_LEAF | st.sampled_from(["chatml", "vicuna", "metharme", "nope"]))
+    body = keyed(API_KEYS) | st.fixed_dictionaries(
+        {"messages": st.lists(message, max_size=3)},
+        optional={"prompt": JSON_VALUE, "moechat": ext, "stop": JSON_VALUE, "max_tokens": interesting_ints()},
+    )
+    plain = st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=30)}
+    )
+    valid = st.fixed_dictionaries(
+        {"messages": st.lists(plain, min_size=1, max_size=4), "prompt": st.text(max_size=30)},
+        optional={"moechat": ext, "stop": st.lists(st.text(max_size=4), max_size=3), "seed": interesting_ints()},
+    )
+    raw = st.builds(to_json_bytes, body | valid) | st.binary(max_size=100) | st.text(max_size=60).map(str.encode)
+    return st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/completions"]), raw)
+
+
+class _FakeEngine:
+    """Enough of an Engine for prompt rendering: the tiny model's metadata, no llama.cpp."""
+
+    def __init__(self) -> None:
+        self.info = read_info(write_tiny_gguf(_TMP / "api.gguf", TinySpec(n_layers=1, n_embd=16, n_ff=32)))
+
+
 def api_reader() -> Reader | None:
-    """OpenAI-compatible request bodies, once moechat.api_schema exists (pydantic models)."""
+    """OpenAI-compatible request bodies through FastAPI's TestClient (no model loaded: a valid body ends in
+    503 no_model, an invalid one in 400), then rendered to a prompt with the tiny model's metadata."""
     try:
-        from moechat import api_schema  # type: ignore[attr-defined]
+        from fastapi import FastAPI
+        from fastapi.testclient import TestClient
+
+        from moechat import api, api_schema
+        from moechat.errors import PromptError
     except ImportError:
         return None
-    model = getattr(api_schema, "ChatCompletionRequest", None)
-    if model is None:
-        return None
-    from pydantic import ValidationError
+    app = FastAPI()
+    app.include_router(api.api_router(lambda: None))
+    client = TestClient(app)  # raises server-side exceptions in the test: an unhandled one is a finding
+    engine = _FakeEngine()
 
-    keys = ["model", "messages", "max_tokens", "temperature", "top_p", "stream", "stop", "seed", "n", "user"]
-    message = keyed(["role", "content", "name"])
-    body = keyed(keys) | st.fixed_dictionaries(
-        {"messages": st.lists(message, max_size=3)}, optional={"stream": JSON_LEAF}
-    )
-    cases = st.builds(to_json_bytes, body) | st.binary(max_size=100)
-    return Reader(lambda: cases, lambda raw: model.model_validate_json(raw), (ValidationError,))
+    def call(case: tuple[str, bytes]) -> None:
+        path, raw = case
+        response = client.post(path, content=raw, headers={"content-type": "application/json"})
+        body = response.json()
+        if response.status_code not in (400, 503) or "error" not in body:
+            raise AssertionError(f"HTTP {response.status_code}: {body}")
+        if response.status_code == 400:
+            raise api_schema.ApiError(400, body["error"]["message"])
+        model = api_schema.ChatRequest if path.endswith("chat/completions") else api_schema.CompletionRequest
+        req = api_schema.parse(model, json.loads(raw))
+        if isinstance(req, api_schema.ChatRequest):
+            api._chat_prompt(engine, req)
+        else:
+            req.prompt_text()
+        req.stops()
+
+    return Reader(api_cases, call, (api_schema.ApiError, PromptError))
 
 
 def all_readers() -> dict[str, Reader]:
@@ -546,22 +599,39 @@ def fuzz(name: str, reader: Reader, n_cases: int, seed: int = 0) -> Report:
     return report
 
 
+def run_isolated(name: str, cases: int, control: bool) -> Report:
+    """One reader in a fresh interpreter, so its RSS figures are its own."""
+    out = _TMP / f"{name}.json"
+    cmd = [sys.executable, __file__, "--readers", name, "--cases", str(cases), "--json", str(out), "--quiet"]
+    subprocess.run(cmd + (["--control"] if control else []), check=False)
+    return Report(**json.loads(out.read_text())[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--readers", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--json", type=Path, help="also write the reports here")
+    parser.add_argument("--control", action="store_true", help="generate cases but do not read them (RSS baseline)")
+    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     readers = all_readers()
     chosen = [r for r in args.readers.split(",") if r] or list(readers)
-    print(HEADER, flush=True)
+    if not args.quiet:
+        print(HEADER, flush=True)
     reports = []
     for name in chosen:
-        report = fuzz(name, readers[name], args.cases)
+        reader = readers[name]
+        if len(chosen) > 1:
+            report = run_isolated(name, args.cases, args.control)
+        else:
+            reader = Reader(reader.cases, lambda _case: None, ()) if args.control else reader
+            report = fuzz(name, reader, args.cases)
         reports.append(report)
-        print(report.row(), flush=True)
-        for where, sample in report.unhandled.items():
-            print(f"    {where}: {sample}", flush=True)
+        if not args.quiet:
+            print(report.row(), flush=True)
+            for where, sample in report.unhandled.items():
+                print(f"    {where}: {sample}", flush=True)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in reports], indent=1, default=str))
     bad = sum(r.unhandled_count + r.hangs for r in reports)
