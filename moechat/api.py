@@ -142,14 +142,12 @@ class _Api:
 
     async def completions(self, request: Request) -> Response:
         req = parse(CompletionRequest, await _json(request))
-        assert isinstance(req, CompletionRequest)
         engine = self._engine()
         ids = _text_ids(engine, req.prompt_text())
         return await _respond(engine, req, ids, req.stops(), req.max_tokens, chat=False)
 
     async def chat(self, request: Request) -> Response:
         req = parse(ChatRequest, await _json(request))
-        assert isinstance(req, ChatRequest)
         engine = self._engine()
         text, stops = _chat_prompt(engine, req)
         max_tokens = req.max_completion_tokens or req.max_tokens
@@ -197,7 +195,7 @@ def _sampling(req: Generation, stops: tuple[str, ...], max_tokens: int | None) -
     return Sampling(
         temperature=req.temperature,
         top_p=req.top_p,
-        top_k=req.top_k,
+        top_k=max(req.top_k, 0),
         min_p=req.min_p,
         repeat_penalty=req.repeat_penalty,
         seed=seed,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,8 +59,8 @@ class Generation(_Request):
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=100)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=0)] = 0
+    top_p: Annotated[float, Field(ge=0, le=1)] = 1.0
+    top_k: int = 0  # 0 or below: off (vLLM clients send -1)
     min_p: Annotated[float, Field(ge=0, le=1)] = 0.0
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] = Field(1.0, alias="repetition_penalty")
     seed: int | None = None
@@ -114,7 +114,10 @@ class ChatRequest(Generation):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
-def parse(model: type[Generation], data: object) -> Generation:
+R = TypeVar("R", bound=Generation)
+
+
+def parse(model: type[R], data: object) -> R:
     """Validate a decoded JSON body; the first problem becomes a 400 naming the field."""
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
