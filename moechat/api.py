@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import logging
 import os
 import threading
 import time
@@ -63,10 +64,12 @@ from moechat.engine import Engine, Sampling, Token
 from moechat.errors import EngineError, PromptError
 from moechat.gguf_info import expert_labels
 
+log = logging.getLogger(__name__)
 GetEngine = Callable[[], Engine | None]
 Handler = Callable[[Request], Awaitable[Response]]
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 ROLES: dict[str, formats.Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "model"}
+DISCONNECT_POLL_S = 0.1
 SEED_RANGE = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "random"
 
 
@@ -106,6 +109,9 @@ class _Api:
                 return _error(ApiError(400, str(exc)))
             except EngineError as exc:
                 return _error(ApiError(503, str(exc), type="server_error", code="engine_error"))
+            except Exception as exc:  # a bug: still an OpenAI error body, with the traceback in the log
+                log.exception("API request %s %s failed", request.method, request.url.path)
+                return _error(ApiError(500, f"internal error: {exc}", type="server_error"))
 
         return guarded
 
@@ -144,14 +150,15 @@ class _Api:
         req = parse(CompletionRequest, await _json(request))
         engine = self._engine()
         ids = _text_ids(engine, req.prompt_text())
-        return await _respond(engine, req, ids, req.stops(), req.max_tokens, chat=False)
+        return await _respond(request, engine, req, ids, req.stops(), req.max_tokens, chat=False)
 
     async def chat(self, request: Request) -> Response:
         req = parse(ChatRequest, await _json(request))
         engine = self._engine()
         text, stops = _chat_prompt(engine, req)
         max_tokens = req.max_completion_tokens or req.max_tokens
-        return await _respond(engine, req, engine.tokenize(text), (*req.stops(), *stops), max_tokens, chat=True)
+        ids = engine.tokenize(text)
+        return await _respond(request, engine, req, ids, (*req.stops(), *stops), max_tokens, chat=True)
 
     async def unknown(self, request: Request) -> Response:
         raise ApiError(404, f"no route {request.method} {request.url.path}", code="unknown_url")
@@ -252,7 +259,14 @@ class _Run:
 
 
 async def _respond(
-    engine: Engine, req: Generation, ids: list[int], stops: tuple[str, ...], max_tokens: int | None, *, chat: bool
+    request: Request,
+    engine: Engine,
+    req: Generation,
+    ids: list[int],
+    stops: tuple[str, ...],
+    max_tokens: int | None,
+    *,
+    chat: bool,
 ) -> Response:
     _check(engine, req, ids, chat)
     names = tuple(expert_labels(engine.info)) if req.moechat.routing else None
@@ -267,9 +281,20 @@ async def _respond(
     if req.stream:
         return _EngineStream(_events(run, meta, first, req.include_usage()), run.close)
     try:
-        return await anyio.to_thread.run_sync(_collect, run, meta, first)
+        async with anyio.create_task_group() as watchers:
+            watchers.start_soon(_cancel_on_disconnect, request, run.cancel)
+            response = await anyio.to_thread.run_sync(_collect, run, meta, first)
+            watchers.cancel_scope.cancel()
+        return response
     finally:
         run.close()
+
+
+async def _cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Stop generating an answer nobody waits for (a client that gave up or pressed stop)."""
+    while not await request.is_disconnected():
+        await anyio.sleep(DISCONNECT_POLL_S)
+    cancel.set()
 
 
 def _collect(run: _Run, meta: Meta, tok: Token | None) -> Response:

@@ -39,10 +39,12 @@ class Server:
     def client(self, key: str = KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
 
-    def post(self, path: str, body: object, key: str | None = KEY) -> httpx.Response:
+    def post(
+        self, path: str, body: object, key: str | None = KEY, timeout: float | httpx.Timeout = 30
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         content = body if isinstance(body, str | bytes) else json.dumps(body)
-        return httpx.post(f"{self.url}/v1{path}", content=content, headers=headers, timeout=30)
+        return httpx.post(f"{self.url}/v1{path}", content=content, headers=headers, timeout=timeout)
 
 
 def serve(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
@@ -61,7 +63,7 @@ def serve(app: FastAPI) -> tuple[uvicorn.Server, threading.Thread, str]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_moe_path: Path) -> Iterator[Engine]:
-    with Engine.load(tiny_moe_path, n_ctx=512) as eng:
+    with Engine.load(tiny_moe_path, n_ctx=2048) as eng:  # room for long greedy runs
         yield eng
 
 
@@ -228,7 +230,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         ("/completions", {}, "prompt"),
         ("/completions", {"prompt": ["a", "b"]}, "prompt"),
         ("/completions", {"prompt": [1, 2, 3]}, "prompt"),
-        ("/completions", {"prompt": "x" * 2000}, "prompt"),
+        ("/completions", {"prompt": "x " * 3000}, "prompt"),
         ("/completions", {"prompt": "hi", "stream": "sometimes"}, "stream"),
     ],
 )
@@ -302,17 +304,31 @@ def test_four_clients_at_once_all_get_complete_answers(server):
     assert ask(server, PROMPTS[0], stream=True) == alone[0]
 
 
-def test_a_client_leaving_mid_stream_does_not_wedge_the_engine(server):
-    body = {"prompt": "Once upon a time", "max_tokens": 400, "stream": True, **GREEDY}
+LONG = {"prompt": "aaaa", "max_tokens": 2000, **GREEDY}  # greedy: 2000 tokens without an end (seconds)
+
+
+def released(engine: Engine) -> int:
+    """Wait for the engine's lock to be free; the number of tokens then in its cache."""
+    deadline = time.monotonic() + 10
+    while engine._lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not engine._lock.locked(), "the engine is still held by a request nobody waits for"
+    return len(engine._kv)
+
+
+def test_a_client_leaving_mid_stream_stops_its_generation(server):
     headers = {"Authorization": f"Bearer {KEY}"}
+    body = {**LONG, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=headers, timeout=30) as response:
         assert response.status_code == 200
-        lines = response.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))  # generation has started
-    # the connection is closed: the stream must be abandoned and the engine's lock released
-    deadline = time.monotonic() + 10
-    while server.engine._lock.locked() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not server.engine._lock.locked()
+        assert next(line for line in response.iter_lines() if line.startswith("data: "))  # generation started
+    assert released(server.engine) < 1000  # cancelled long before max_tokens
     reply = complete(server, max_tokens=4)
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 4
+
+
+def test_a_client_giving_up_on_a_whole_answer_stops_its_generation(server):
+    with pytest.raises(httpx.ReadTimeout):
+        server.post("/completions", LONG, timeout=httpx.Timeout(30, read=0.3))
+    assert released(server.engine) < 1000
+    assert complete(server, max_tokens=4).usage.completion_tokens == 4
