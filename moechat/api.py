@@ -44,9 +44,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from moechat import formats
 from moechat.api_schema import (
-    DEFAULT_MAX_TOKENS,
     ApiError,
     ChatRequest,
     CompletionRequest,
@@ -68,9 +66,7 @@ log = logging.getLogger(__name__)
 GetEngine = Callable[[], Engine | None]
 Handler = Callable[[Request], Awaitable[Response]]
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
-ROLES: dict[str, formats.Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "model"}
 DISCONNECT_POLL_S = 0.1
-SEED_RANGE = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "random"
 
 
 def api_key_from_env() -> str | None:
@@ -150,15 +146,13 @@ class _Api:
         req = parse(CompletionRequest, await _json(request))
         engine = self._engine()
         ids = _text_ids(engine, req.prompt_text())
-        return await _respond(request, engine, req, ids, req.stops(), req.max_tokens, chat=False)
+        return await _respond(request, engine, req, ids, (), chat=False)
 
     async def chat(self, request: Request) -> Response:
         req = parse(ChatRequest, await _json(request))
         engine = self._engine()
-        text, stops = _chat_prompt(engine, req)
-        max_tokens = req.max_completion_tokens or req.max_tokens
-        ids = engine.tokenize(text)
-        return await _respond(request, engine, req, ids, (*req.stops(), *stops), max_tokens, chat=True)
+        text, stops = req.prompt(engine.info.name, engine.info.chat_template)
+        return await _respond(request, engine, req, engine.tokenize(text), stops, chat=True)
 
     async def unknown(self, request: Request) -> Response:
         raise ApiError(404, f"no route {request.method} {request.url.path}", code="unknown_url")
@@ -182,33 +176,6 @@ def _text_ids(engine: Engine, prompt: str) -> list[int]:
     ids = engine.tokenize(prompt, add_bos=True, special=True)
     bos = engine.info.bos_id
     return ids[1:] if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos else ids
-
-
-def _chat_prompt(engine: Engine, req: ChatRequest) -> tuple[str, tuple[str, ...]]:
-    """The messages as prompt text in the model's format, and that format's stop strings."""
-    info = engine.info
-    name = req.moechat.format or formats.default_format(info.name, info.chat_template)
-    fmt = formats.get_format(name, info.chat_template)
-    turns = [formats.Turn(ROLES[m.role], m.text(), name=m.name or "") for m in req.messages]
-    char = next((m.name for m in reversed(req.messages) if m.role == "assistant" and m.name), "")
-    user = next((m.name for m in reversed(req.messages) if m.role == "user" and m.name), "User")
-    mode: formats.Mode = "continue" if turns[-1].role == "model" else "reply"
-    text = formats.render(fmt, turns, mode, char=char, user=user)
-    return text, formats.stop_strings(fmt, char=char, user=user)
-
-
-def _sampling(req: Generation, stops: tuple[str, ...], max_tokens: int | None) -> Sampling:
-    seed = None if req.seed is None or req.seed < 0 else req.seed % SEED_RANGE
-    return Sampling(
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=max(req.top_k, 0),
-        min_p=req.min_p,
-        repeat_penalty=req.repeat_penalty,
-        seed=seed,
-        max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
-        stop=tuple(dict.fromkeys(s for s in stops if s)),
-    )
 
 
 def _check(engine: Engine, req: Generation, ids: list[int], chat: bool) -> None:
@@ -263,8 +230,7 @@ async def _respond(
     engine: Engine,
     req: Generation,
     ids: list[int],
-    stops: tuple[str, ...],
-    max_tokens: int | None,
+    format_stops: tuple[str, ...],
     *,
     chat: bool,
 ) -> Response:
@@ -272,7 +238,7 @@ async def _respond(
     names = tuple(expert_labels(engine.info)) if req.moechat.routing else None
     prefix = "chatcmpl-" if chat else "cmpl-"
     meta = Meta(prefix + uuid.uuid4().hex, int(time.time()), _model_id(engine), chat, names)
-    run = _Run(engine, ids, _sampling(req, stops, max_tokens), req.moechat.routing)
+    run = _Run(engine, ids, req.sampling(format_stops), req.moechat.routing)
     try:
         first = await anyio.to_thread.run_sync(run.next)  # waits for the lock, reads the prompt: errors are 4xx/5xx
     except BaseException:

@@ -1,4 +1,5 @@
-"""Pydantic schemas of the OpenAI-compatible API (requests and responses) and its error type.
+"""Pydantic schemas of the OpenAI-compatible API (requests and responses), its error type, and what a
+request means for the engine: chat messages as prompt text (moechat.formats) and Sampling settings.
 
 Requests accept and ignore OpenAI fields moechat does not use (`extra="ignore"`). The moechat extension
 is the `moechat` object of a request and of each choice; see `moechat.api` for its shape.
@@ -13,7 +14,12 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from moechat import formats
+from moechat.engine import Sampling
+
 DEFAULT_MAX_TOKENS = 256
+SEED_RANGE = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "random"
+ROLES: dict[str, formats.Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "model"}
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|list\[.*\]|.*\(.*\))$")  # union members in pydantic locations
 
 
@@ -79,6 +85,23 @@ class Generation(_Request):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def token_limit(self) -> int:
+        return self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def sampling(self, format_stops: tuple[str, ...] = ()) -> Sampling:
+        """The engine's sampling settings: the request's stop strings first, then the prompt format's."""
+        seed = None if self.seed is None or self.seed < 0 else self.seed % SEED_RANGE
+        return Sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            seed=seed,
+            max_tokens=self.token_limit(),
+            stop=tuple(dict.fromkeys(s for s in (*self.stops(), *format_stops) if s)),
+        )
+
 
 class CompletionRequest(Generation):
     prompt: str | list[str]
@@ -112,6 +135,21 @@ class ChatMessage(_Request):
 class ChatRequest(Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+
+    def token_limit(self) -> int:
+        return self.max_completion_tokens or super().token_limit()
+
+    def prompt(self, model_name: str, chat_template: str | None) -> tuple[str, tuple[str, ...]]:
+        """The messages as prompt text in the model's usual format (or `moechat.format`) and that format's
+        stop strings; a last assistant message is continued rather than answered."""
+        fmt = formats.get_format(
+            self.moechat.format or formats.default_format(model_name, chat_template), chat_template
+        )
+        turns = [formats.Turn(ROLES[m.role], m.text(), name=m.name or "") for m in self.messages]
+        char = next((m.name for m in reversed(self.messages) if m.role == "assistant" and m.name), "")
+        user = next((m.name for m in reversed(self.messages) if m.role == "user" and m.name), "User")
+        mode: formats.Mode = "continue" if turns[-1].role == "model" else "reply"
+        return formats.render(fmt, turns, mode, char=char, user=user), formats.stop_strings(fmt, char=char, user=user)
 
 
 R = TypeVar("R", bound=Generation)
