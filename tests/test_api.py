@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from moechat import formats
 from moechat.api import api_router
 from moechat.engine import Engine
 
@@ -209,3 +210,28 @@ def test_routing_extension_per_streamed_chunk(server):
     assert all(len(r["tokens"]) == 1 and r["expert_names"] == ["Xwin", "Pygmalion"] for r in routed)
     assert len(tokens) == chunks[-1].usage.completion_tokens == 10
     check_routing_tokens(tokens, server.engine)
+
+
+def test_chat_is_rendered_with_the_models_format_and_continues_a_last_assistant_message(server):
+    info = server.engine.info
+    fmt = formats.get_format(formats.default_format(info.name, info.chat_template), info.chat_template)
+    messages = [*CHAT, {"role": "assistant", "content": "There was"}]
+    turns = [
+        formats.Turn("system", "Be brief."),
+        formats.Turn("user", CHAT[1]["content"]),
+        formats.Turn("model", "There was"),
+    ]
+    prompt = formats.render(fmt, turns, "continue")
+    stops = list(formats.stop_strings(fmt, char="", user="User"))
+    reply = chat(server, messages=messages, max_tokens=12)
+    same = complete(server, prompt=prompt, max_tokens=12, stop=stops)
+    assert reply.choices[0].message.content == same.choices[0].text
+    assert reply.usage.prompt_tokens == same.usage.prompt_tokens
+
+
+def test_chat_format_choice_and_text_parts(server):
+    chatml = chat(server, max_tokens=2, extra_body={"moechat": {"format": "chatml"}})
+    assert chatml.usage.prompt_tokens != chat(server, max_tokens=2).usage.prompt_tokens
+    parts = [{"type": "text", "text": "Once upon"}, {"type": "text", "text": " a time"}]
+    split = chat(server, messages=[CHAT[0], {"role": "user", "content": parts}], max_tokens=6)
+    assert split.choices[0].message.content == chat(server, max_tokens=6).choices[0].message.content

@@ -50,6 +50,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         ("/chat/completions", {"messages": []}, "messages"),
         ("/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
         ("/chat/completions", {"messages": CHAT, "n": 2}, "n"),
+        ("/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
         ("/chat/completions", {"messages": CHAT, "temperature": "hot"}, "temperature"),
         ("/chat/completions", {"messages": CHAT, "max_tokens": 0}, "max_tokens"),
         ("/chat/completions", {"messages": CHAT, "stop": 5}, "stop"),
