@@ -5,12 +5,14 @@ Routes (all under /v1; every route but health needs `Authorization: Bearer <key>
   GET  /v1/models              the loaded model (one entry; `moechat` holds layers, experts, expert names)
   POST /v1/completions         raw text in, text out (the prompt is tokenized with BOS; special tokens parsed)
   POST /v1/chat/completions    messages rendered with moechat.formats: the model's usual format (or
-                               `"moechat": {"format": "chatml"}`); a last assistant message is continued
+                               `"moechat": {"format": "chatml"}`); a last assistant message is continued;
+                               roles system, developer (= system), user, assistant; text content only
 Both POST routes stream server-sent events with `"stream": true` (`data: {...}` then `data: [DONE]`) and
 honour max_tokens (default 256), temperature, top_p, seed (negative: random), stop (string or list),
 stream_options.include_usage, and llama.cpp's top_k, min_p and repeat_penalty (alias repetition_penalty).
 `n` must be 1. `model` is accepted and ignored: the loaded model answers and is named in `model`.
-Requests queue on the engine's lock; a client that disconnects mid-stream stops its generation.
+Requests queue on the engine's lock (with the UI's turns); a client that disconnects, streaming or not,
+stops its generation. The API keeps no state: nothing a request sends is stored or shown to anyone else.
 
 Routing extension: send `"moechat": {"routing": true}` and each choice (each streamed chunk's choice,
 for the tokens it carries) has
