@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, ExitStack
 
 import anyio
 from fastapi import APIRouter, Request
@@ -66,7 +67,9 @@ from moechat.gguf_info import expert_labels
 
 log = logging.getLogger(__name__)
 GetEngine = Callable[[], Engine | None]
+Lease = Callable[[], AbstractContextManager[Engine | None]]
 Handler = Callable[[Request], Awaitable[Response]]
+Prepare = Callable[[Engine], tuple[list[int], tuple[str, ...]]]  # engine -> prompt ids, format stop strings
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop"}
 DISCONNECT_POLL_S = 0.1
 
@@ -76,10 +79,12 @@ def api_key_from_env() -> str | None:
     return os.environ.get("MOECHAT_API_KEY") or None
 
 
-def api_router(get_engine: GetEngine, *, api_key: str | None = None) -> APIRouter:
+def api_router(get_engine: GetEngine, *, api_key: str | None = None, lease: Lease | None = None) -> APIRouter:
     """The /v1 routes serving whatever engine `get_engine()` returns at each request (None: no model).
-    Include it in the FastAPI app before mounting Gradio at "/"."""
-    api = _Api(get_engine, api_key)
+
+    `lease` (e.g. ModelSlot.use) holds the engine open from prompt to last token, so a model switch waits
+    for answers in flight. Include the router in the FastAPI app before mounting Gradio at "/"."""
+    api = _Api(get_engine, api_key, lease)
     router = APIRouter(prefix="/v1")
     router.add_api_route("/health", api.health, methods=["GET"])
     router.add_api_route("/models", api.guard(api.models), methods=["GET"])
@@ -90,8 +95,8 @@ def api_router(get_engine: GetEngine, *, api_key: str | None = None) -> APIRoute
 
 
 class _Api:
-    def __init__(self, get_engine: GetEngine, api_key: str | None) -> None:
-        self._get_engine, self._key = get_engine, api_key
+    def __init__(self, get_engine: GetEngine, api_key: str | None, lease: Lease | None) -> None:
+        self._get_engine, self._key, self._lease = get_engine, api_key, lease
 
     def guard(self, handler: Handler) -> Handler:
         """Check the key, run the handler, and turn errors into OpenAI error bodies."""
@@ -146,18 +151,47 @@ class _Api:
 
     async def completions(self, request: Request) -> Response:
         req = parse(CompletionRequest, await _json(request))
-        engine = self._engine()
-        ids = _text_ids(engine, req.prompt_text())
-        return await _respond(request, engine, req, ids, (), chat=False)
+        return await self._respond(request, req, lambda engine: (_text_ids(engine, req.prompt_text()), ()), chat=False)
 
     async def chat(self, request: Request) -> Response:
         req = parse(ChatRequest, await _json(request))
-        engine = self._engine()
-        text, stops = req.prompt(engine.info.name, engine.info.chat_template)
-        return await _respond(request, engine, req, engine.tokenize(text), stops, chat=True)
+
+        def prepare(engine: Engine) -> tuple[list[int], tuple[str, ...]]:
+            text, stops = req.prompt(engine.info.name, engine.info.chat_template)
+            return engine.tokenize(text), stops
+
+        return await self._respond(request, req, prepare, chat=True)
 
     async def unknown(self, request: Request) -> Response:
         raise ApiError(404, f"no route {request.method} {request.url.path}", code="unknown_url")
+
+    async def _respond(self, request: Request, req: Generation, prepare: Prepare, *, chat: bool) -> Response:
+        """Hold the engine, build the prompt, wait for the engine's lock and answer (streaming or not)."""
+        engine, release = self._hold()
+        run = None
+        try:
+            ids, format_stops = prepare(engine)
+            _check(engine, req, ids, chat)
+            names = tuple(expert_labels(engine.info)) if req.moechat.routing else None
+            prefix = "chatcmpl-" if chat else "cmpl-"
+            meta = Meta(prefix + uuid.uuid4().hex, int(time.time()), _model_id(engine), chat, names)
+            run = _Run(engine, ids, req.sampling(format_stops), req.moechat.routing, release)
+            first = await anyio.to_thread.run_sync(run.next)  # waits for the lock and reads the prompt
+        except BaseException:
+            run.close() if run is not None else release()
+            raise
+        return await _answer(request, req, run, meta, first)
+
+    def _hold(self) -> tuple[Engine, Callable[[], None]]:
+        """The engine for one generation and how to let it go: a lease when the app gave one."""
+        if self._lease is None:
+            return self._engine(), _nothing
+        stack = ExitStack()
+        engine = stack.enter_context(self._lease())
+        if engine is None:
+            stack.close()
+            raise ApiError(503, "no model is loaded yet; try again shortly", type="server_error", code="no_model")
+        return engine, stack.close
 
 
 # ---- requests to prompts ----------------------------------------------------------------------------------
@@ -193,8 +227,10 @@ def _check(engine: Engine, req: Generation, ids: list[int], chat: bool) -> None:
 class _Run:
     """One generation: pulls generated tokens from the engine's stream and counts them."""
 
-    def __init__(self, engine: Engine, ids: list[int], sampling: Sampling, routing: bool) -> None:
-        self.cancel = threading.Event()
+    def __init__(
+        self, engine: Engine, ids: list[int], sampling: Sampling, routing: bool, release: Callable[[], None]
+    ) -> None:
+        self.cancel, self._release = threading.Event(), release
         self._stream = engine.stream(ids, sampling, self.cancel)
         self._routing = routing
         self.prompt_tokens, self.completion_tokens, self.finish = len(ids), 0, "stop"
@@ -222,30 +258,16 @@ class _Run:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, total_tokens=total)
 
     def close(self) -> None:
-        """Stop generating and release the engine's lock (the stream is abandoned)."""
+        """Stop generating, release the engine's lock (the stream is abandoned), then the engine itself."""
         self.cancel.set()
-        self._stream.close()
+        try:
+            self._stream.close()
+        finally:
+            release, self._release = self._release, _nothing
+            release()
 
 
-async def _respond(
-    request: Request,
-    engine: Engine,
-    req: Generation,
-    ids: list[int],
-    format_stops: tuple[str, ...],
-    *,
-    chat: bool,
-) -> Response:
-    _check(engine, req, ids, chat)
-    names = tuple(expert_labels(engine.info)) if req.moechat.routing else None
-    prefix = "chatcmpl-" if chat else "cmpl-"
-    meta = Meta(prefix + uuid.uuid4().hex, int(time.time()), _model_id(engine), chat, names)
-    run = _Run(engine, ids, req.sampling(format_stops), req.moechat.routing)
-    try:
-        first = await anyio.to_thread.run_sync(run.next)  # waits for the lock, reads the prompt: errors are 4xx/5xx
-    except BaseException:
-        run.close()
-        raise
+async def _answer(request: Request, req: Generation, run: _Run, meta: Meta, first: Token | None) -> Response:
     if req.stream:
         return _EngineStream(_events(run, meta, first, req.include_usage()), run.close)
     try:
@@ -312,6 +334,10 @@ class _EngineStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._release)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _sse(data: str) -> str:

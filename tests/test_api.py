@@ -20,7 +20,7 @@ import numpy as np
 import openai
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from moechat import formats
 from moechat.api import api_router
@@ -48,10 +48,10 @@ class Server:
 
 
 @contextmanager
-def running_server(engine: Engine) -> Iterator[Server]:
+def running_server(engine: Engine, router: APIRouter | None = None) -> Iterator[Server]:
     """A uvicorn server for the API (with KEY) in a background thread on a free loopback port."""
     app = FastAPI()
-    app.include_router(api_router(lambda: engine, api_key=KEY))
+    app.include_router(router or api_router(lambda: engine, api_key=KEY))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from moechat.api import api_router
 from moechat.engine import Engine
+from moechat.model_slot import ModelSlot
 from tests.test_api import CHAT, GREEDY, KEY, Server, chat, complete, load_engine, running_server, streamed_chat
 
 
@@ -160,3 +163,25 @@ def test_a_client_giving_up_on_a_whole_answer_stops_its_generation(server):
         server.post("/completions", LONG, timeout=httpx.Timeout(30, read=0.3))
     assert released(server.engine) < 1000
     assert complete(server, max_tokens=4).usage.completion_tokens == 4
+
+
+def test_a_model_switch_waits_for_the_answer_in_flight(tiny_models):
+    old, new = load_engine(tiny_models["moe2"]), load_engine(tiny_models["moe4"])
+    slot = ModelSlot(old)
+    with running_server(old, api_router(slot.get, api_key=KEY, lease=slot.use)) as srv:
+        body = {**LONG, "max_tokens": 300, "stream": True, "stream_options": {"include_usage": True}}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json=body, headers=headers, timeout=30) as response:
+            events = (line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: "))
+            assert next(events)
+            switch = threading.Thread(target=slot.switch, args=(new,))
+            switch.start()
+            rest = list(events)
+        assert rest[-1] == "[DONE]" and json.loads(rest[-2])["usage"]["completion_tokens"] == 300
+        switch.join(10)
+        assert not switch.is_alive() and old._ctx is None  # closed once the answer was done
+        reply = srv.client().completions.create(
+            model="x", prompt="hi", max_tokens=3, extra_body={"moechat": {"routing": True}}
+        )
+        assert reply.model == tiny_models["moe4"].stem and len(reply.choices[0].moechat["routing"]["expert_names"]) == 4
+    slot.close()
