@@ -100,11 +100,16 @@ class Store(MessagesMixin):
                 yield self._conn
             except sqlite3.DatabaseError as exc:
                 self._conn.execute("ROLLBACK")
-                raise StoreError(f"chat database error in {self.path}: {exc}") from exc
+                raise StoreError(_db_error(self.path, exc)) from exc
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:  # e.g. disk full at commit: nothing of this change is kept
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise StoreError(_db_error(self.path, exc)) from exc
 
     def _read(self) -> Any:
         return self._tx("BEGIN")
@@ -294,3 +299,9 @@ class Store(MessagesMixin):
                 index = min(max(m.swipe_index, 0), len(m.swipes) - 1)
                 conn.execute("UPDATE messages SET swipe_index = ? WHERE id = ?", (index, message_id))
         return self.chat(chat_id)
+
+
+def _db_error(path: Path, exc: sqlite3.DatabaseError) -> str:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+        return f"the disk holding the chat database {path} is full: free some space (this change was not saved)"
+    return f"chat database error in {path}: {exc}"
