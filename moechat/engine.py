@@ -147,6 +147,7 @@ class Engine:
     # ---- text -------------------------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
         """Token ids as the model's tokenizer makes them (special=True parses '</s>' as the token)."""
+        self._check_open()  # llama-cpp-python leaves the vocab pointer dangling after close
         return self._model.tokenize(text.encode("utf-8"), add_bos, special)
 
     def count_tokens(self, text: str) -> int:
@@ -156,6 +157,7 @@ class Engine:
         """The token's bytes as the detokenizer writes them (control tokens give b"")."""
         piece = self._pieces.get(token)
         if piece is None:
+            self._check_open()
             buf = ctypes.create_string_buffer(64)
             n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, False)
             if n < 0:

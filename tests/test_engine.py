@@ -207,6 +207,8 @@ def test_closed_engine_refuses_work(tiny_moe_path):
     eng.close()
     with pytest.raises(EngineError, match="closed"):
         list(eng.stream([1, 2], GREEDY))
+    with pytest.raises(EngineError, match="closed"):
+        eng.tokenize("after close")
 
 
 def test_prompt_longer_than_context(tiny_moe_path):
