@@ -1,5 +1,5 @@
-"""moechat: `python app.py [--model PATH] [--port N] ...` (see --help). Wiring only:
-settings -> model -> store -> bundled characters -> ui -> launch."""
+"""moechat: `python app.py [--model PATH|owner/repo[:QUANT]|pygwin|demo] [--port N] ...` (see --help).
+Wiring only: settings -> model (hub.resolve_model) -> model slot -> store -> bundled characters -> ui -> launch."""
 
 from __future__ import annotations
 
@@ -13,43 +13,61 @@ from moechat.config import Settings, load_settings
 from moechat.errors import MoechatError
 
 
-def model_path(settings: Settings):
-    if settings.model is not None:
-        return settings.model
-    from moechat.demo import demo_model_path
+def load_model(settings: Settings):
+    """The --model value resolved (local path, Hub repo, alias or the demo) and loaded into a ModelSlot."""
+    from moechat.engine import Engine
+    from moechat.hub import resolve_model
+    from moechat.model_slot import ModelSlot
 
-    print("moechat: preparing the demo model (built once, then cached)...", file=sys.stderr)
-    return demo_model_path(settings.data_dir)
+    if settings.model is None:
+        print("moechat: preparing the demo model (built once, then cached)...", file=sys.stderr)
+    resolved = resolve_model(str(settings.model) if settings.model else None, settings.data_dir)
+    for note in resolved.notes:
+        print(f"moechat: {note}", file=sys.stderr)
+    options = {
+        "n_ctx": settings.n_ctx,
+        "n_threads": settings.threads,
+        "n_gpu_layers": settings.n_gpu_layers,
+        "capture": settings.capture,
+    }
+    return ModelSlot(Engine.load(resolved.path, **options), options, cache_dir=settings.data_dir / "steering")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
-        from moechat.engine import Engine
         from moechat.store import Store
         from moechat.ui_library import import_bundled
 
-        engine = Engine.load(
-            model_path(settings),
-            n_ctx=settings.n_ctx,
-            n_threads=settings.threads,
-            n_gpu_layers=settings.n_gpu_layers,
-            capture=settings.capture,
-        )
+        slot = load_model(settings)
         store = Store.open(settings.data_dir)
         if not settings.hosted:
             import_bundled(store, settings.data_dir)
         from moechat.ui import build_ui, launch
 
-        demo = build_ui(engine, store, settings)
+        demo = build_ui(slot, store, settings)
     except MoechatError as exc:
         print(f"moechat: {exc}", file=sys.stderr)
         return 2
+
+    def mount_api(app) -> None:
+        # ---- API MOUNT POINT -------------------------------------------------------------------------------
+        # The OpenAI-compatible /v1 routes (moechat/api.py) go here, on the running FastAPI app, serving the
+        # current model through the slot (a model switch in the UI is seen by the API at its next request):
+        #     from moechat.api import api_key_from_env, api_router
+        #     app.include_router(api_router(slot.get, api_key=api_key_from_env()))
+        # ------------------------------------------------------------------------------------------------------
+        pass
+
+    engine = slot.get()
     print(
         f"moechat: {engine.info.name} ({engine.info.n_experts} experts) on http://{settings.host}:{settings.port}",
         file=sys.stderr,
     )
-    launch(demo, settings)
+    try:
+        launch(demo, settings, on_app=mount_api)
+    finally:
+        slot.close()
     return 0
 
 

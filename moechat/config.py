@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="moechat: chat with a GGUF Mixture-of-Experts model and watch which expert each token "
         "is routed to. Every flag can also be set as an environment variable, e.g. MOECHAT_PORT=8080.",
     )
-    p.add_argument("--model", type=Path, help="GGUF MoE model file (default: the demo model, built on first use)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="a GGUF MoE file, a Hugging Face repo owner/name[:QUANT or :FILE.gguf], pygwin, or demo "
+        "(default: the demo model, built on first use)",
+    )
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 when hosted)")
     p.add_argument("--port", type=int, help="port to listen on (default 7860)")
     p.add_argument("--share", action=argparse.BooleanOptionalAction, default=None, help="make a public Gradio link")

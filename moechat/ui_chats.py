@@ -1,18 +1,20 @@
 """The chats of the selected character: open one, start a new one (with the card's greetings as swipes),
-rename, delete, branch at the selected message, and export as JSON.
+rename, delete, branch at the selected message, and export (SillyTavern JSONL or Markdown).
 
 `open` returns ChatUI.OUTPUTS followed by (chat picker, character info, chat title)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import hashlib
 from pathlib import Path
 
 import gradio as gr
 
 from moechat import chat
 from moechat.errors import MoechatError
+from moechat.markdown_export import to_markdown
+from moechat.sillytavern import to_jsonl
 from moechat.store_records import ChatInfo
 from moechat.ui_chat import ChatUI, skip_all
 from moechat.ui_html import card_markdown
@@ -115,27 +117,28 @@ class ChatList:
         gr.Info("Branched: you are now in the new chat.")
         return self.open(session, new.id)
 
-    def export(self, session: Session) -> str | None:
-        """The open chat as JSON (messages with every swipe), for download."""
+    def export(self, session: Session, fmt: str) -> str | None:
+        """The open chat as a SillyTavern JSONL file (every swipe, routing summaries under extra.moechat) or as
+        Markdown, for download."""
         if session.chat_id is None:
             gr.Warning("Open a chat first.")
             return None
         store = self._store(session)
-        info = store.chat(session.chat_id)
-        messages = [
-            {
-                "role": m.role,
-                "name": m.name,
-                "hidden": m.hidden,
-                "swipe_index": m.swipe_index,
-                "swipes": [s.text for s in m.swipes],
-                "created": m.created,
-            }
-            for m in store.messages(session.chat_id)
-        ]
-        body = {"character": info.character_name, "title": info.title, "created": info.created, "messages": messages}
-        folder = self.exports / f"chats-{abs(hash(session.owner))}"
+        info, messages = store.chat(session.chat_id), store.messages(session.chat_id)
+        if fmt == "jsonl":
+            routing = {s.id: r for m in messages for s in m.swipes if s.has_routing and (r := store.routing(s.id))}
+            body = to_jsonl(info, messages, routing)
+        else:
+            body = to_markdown(info, messages)
+        folder = self.exports / f"chats-{hashlib.sha256(session.owner.encode()).hexdigest()[:16]}"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"chat-{info.id}.json"
-        path.write_text(json.dumps(body, ensure_ascii=False, indent=2), encoding="utf-8")
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in info.character_name)[:40] or "chat"
+        path = folder / f"{safe}-chat-{info.id}.{'jsonl' if fmt == 'jsonl' else 'md'}"
+        path.write_text(body, encoding="utf-8")
         return str(path)
+
+    def export_jsonl(self, session: Session) -> str | None:
+        return self.export(session, "jsonl")
+
+    def export_markdown(self, session: Session) -> str | None:
+        return self.export(session, "md")

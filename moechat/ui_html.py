@@ -53,17 +53,39 @@ def tokens_html(
     """Tokens as <span>s coloured by router weight (continuous when every expert runs, top-1 otherwise),
     each with its per-layer values as a tooltip; a legend first."""
     if len(token_texts) == 0:
-        return '<div class="moe-tokens moe-empty">No routing yet: send a message.</div>'
+        return no_routing_html("No routing yet: send a message.")
+    spans = token_spans(token_texts, probs, expert_names, layer=layer, k=k)
+    return tokens_block(expert_names, spans, layer=layer, k=k)
+
+
+def token_spans(
+    token_texts: Sequence[str],
+    probs: np.ndarray,
+    expert_names: Sequence[str],
+    *,
+    layer: int | None = None,
+    k: int | None = None,
+) -> list[str]:
+    """One coloured <span> per token (each depends only on its own token: streaming renders new ones only)."""
     names = short_names(expert_names)
     colors = token_colors(probs, layer=layer, k=k)
-    spans = [
+    return [
         f'<span class="moe-tok" style="background:{color}" title="{esc(hover_lines(probs[i], names))}">'
         f"{_token_body(text)}</span>"
         for i, (text, color) in enumerate(zip(token_texts, colors, strict=True))
     ]
+
+
+def tokens_block(expert_names: Sequence[str], spans: Sequence[str], *, layer: int | None, k: int | None) -> str:
+    """The legend, which layer the colours are of, and the token spans."""
     where = "mean over layers" if layer is None else f"layer {layer}"
-    head = f'{legend_html(names, k)}<div class="moe-where">{esc(where)}</div>'
+    head = f'{legend_html(short_names(expert_names), k)}<div class="moe-where">{esc(where)}</div>'
     return f'<div class="moe-tokens">{head}{"".join(spans)}</div>'
+
+
+def no_routing_html(note: str) -> str:
+    """What the token view says when there is nothing to colour (no reply yet, or a reply without routing)."""
+    return f'<div class="moe-tokens moe-empty">{esc(note)}</div>'
 
 
 def _token_body(text: str) -> str:
@@ -147,6 +169,19 @@ def model_markdown(info: object, report: object, tokens_per_s: float | None = No
     return "\n".join(["| | |", "|---|---|", *(f"| {esc(k)} | {esc(v)} |" for k, v in rows)])
 
 
+REINSTALL_GPU = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python '
+    '(Apple silicon: CMAKE_ARGS="-DGGML_METAL=on")'
+)
+
+
+def gpu_note(report: object) -> str:
+    """Markdown telling the user their llama.cpp build cannot use a GPU, and how to get one that can ("" if it can)."""
+    if getattr(report, "gpu_offload_supported", True):
+        return ""
+    return f"⚠ This llama.cpp build has no GPU support: every layer runs on the CPU. Reinstall with `{REINSTALL_GPU}`."
+
+
 def _gpu(report: object) -> str:
     if not getattr(report, "gpu_offload_supported", False):
         return "0 (this llama.cpp build has no GPU offload)"
@@ -183,14 +218,23 @@ def token_texts_from_offsets(text: str, offsets: Sequence[int] | np.ndarray) -> 
 
 
 def chat_message(
-    role: str, text: str, *, badge: str = "", swipe: tuple[int, int] = (0, 1), hidden: bool = False
+    role: str,
+    text: str,
+    *,
+    badge: str = "",
+    swipe: tuple[int, int] = (0, 1),
+    hidden: bool = False,
+    label: str = "",
 ) -> dict:
     """One message for gr.Chatbot in block form (kept verbatim by Gradio): text escaped, then a footer with
-    the swipe position, the routing badge and the hidden flag."""
+    the swipe position, its label (a steered swipe: "top-1 routing", "solo: Xwin"), the routing badge and the
+    hidden flag."""
     body = display_text(text) or "…"
     foot = []
     if swipe[1] > 1:
         foot.append(f"swipe {swipe[0] + 1}/{swipe[1]}")
+    if label:
+        foot.append(f"<b>{esc(label)}</b>")
     if badge:
         foot.append(esc(badge))
     if hidden:

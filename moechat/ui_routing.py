@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from moechat import plots, summary
 from moechat.store import Store
 from moechat.store_records import Message
-from moechat.ui_html import metrics_html, token_texts_from_offsets, tokens_html
+from moechat.ui_html import metrics_html, no_routing_html, token_texts_from_offsets, tokens_html
 
 MEAN = "mean over layers"
 
@@ -26,6 +26,12 @@ class Shown:
     title: str
     token_texts: tuple[str, ...]
     probs: np.ndarray
+    note: str = ""  # what to say when there is no routing to show (e.g. a solo-expert reply)
+
+    @property
+    def routed(self) -> bool:
+        """Whether any token has routing (a solo-expert or capture-off reply has none)."""
+        return len(self.token_texts) > 0 and bool(np.isfinite(self.probs).all(axis=(1, 2)).any())
 
     @classmethod
     def aligned(cls, title: str, token_texts: Sequence[str], probs: np.ndarray, shape: tuple[int, int]) -> Shown:
@@ -65,11 +71,13 @@ def parse_layer(choice: str | None) -> int | None:
 def token_view(shown: Shown | None, model: Model, layer: int | None) -> str:
     if shown is None:
         return tokens_html((), np.zeros((0, *model.shape)), model.expert_names)
+    if not shown.routed:
+        return no_routing_html(shown.note or f"{shown.title}: no routing was recorded for this message.")
     return tokens_html(shown.token_texts, shown.probs, model.expert_names, layer=layer, k=model.k)
 
 
 def summary_of(shown: Shown | None, model: Model) -> summary.Summary | None:
-    if shown is None or len(shown.token_texts) == 0:
+    if shown is None or not shown.routed:
         return None
     return summary.summarize(shown.probs, model.expert_names)
 
@@ -79,7 +87,7 @@ def metrics_view(shown: Shown | None, model: Model) -> str:
 
 
 def heatmap(shown: Shown | None, model: Model) -> go.Figure | None:
-    if shown is None or len(shown.token_texts) == 0:
+    if shown is None or not shown.routed:
         return None
     title = f"{shown.title}: router weight, layers × tokens"
     return plots.heatmap_figure(shown.probs, shown.token_texts, model.expert_names, title=title)
@@ -92,31 +100,13 @@ def share_bars(shown: Shown | None, model: Model) -> go.Figure | None:
     return plots.share_bars_figure(s.layer_share, model.expert_names, title="share of each expert per layer")
 
 
-def drift(store: Store, messages: Sequence[Message], model: Model) -> go.Figure | None:
-    """Each routed reply's soft share over the chat (reads every reply's routing: call once per chat change)."""
-    shares, labels = [], []
-    for m in messages:
-        if m.role != "assistant" or not m.current.has_routing:
-            continue
-        record = store.routing(m.current.id)
-        if record is None or record.probs.shape[1:] != model.shape:
-            continue
-        s = summary.summarize(record.probs.astype(np.float32), model.expert_names)
-        if s.n_tokens:
-            shares.append(s.share)
-            labels.append(f"{m.name}: {m.text[:40]}")
-    if not shares:
-        return None
-    return plots.drift_figure(np.array(shares), model.expert_names, labels)
-
-
 def stored_view(store: Store, message: Message, model: Model, piece: object) -> Shown | None:
     """The stored routing of a message: a reply's generated tokens, or a user message's own prompt tokens.
     `piece(token_id) -> str` names tokens that are not in the text (prompt template tokens)."""
     kind = "prompt" if message.role == "user" else "reply"
     record = store.routing(message.current.id, kind)
     if record is None or record.probs.shape[1:] != model.shape:
-        return None
+        return unrouted(message)
     texts = token_texts_from_offsets(message.text, record.offsets)
     if kind == "prompt":
         texts = [piece(int(t)) for t in record.token_ids]  # type: ignore[operator]
@@ -125,11 +115,9 @@ def stored_view(store: Store, message: Message, model: Model, piece: object) -> 
     return Shown(f"{who} #{message.position}{stale}", tuple(texts), record.probs.astype(np.float32))
 
 
-def badge_of(store: Store, message: Message, model: Model) -> str:
-    """The message's badge ("61% Pygmalion · 39% Xwin") from its stored routing, "" without any."""
-    if message.role != "assistant" or not message.current.has_routing:
-        return ""
-    record = store.routing(message.current.id)
-    if record is None or record.probs.shape[1:] != model.shape:
-        return ""
-    return summary.summarize(record.probs.astype(np.float32), model.expert_names).badge
+def unrouted(message: Message) -> Shown:
+    """A message without (usable) routing: the views say why instead of showing nothing."""
+    label = message.current.stats.model if message.role == "assistant" else ""
+    why = f"it was written by {label}, which has no router" if label.startswith("solo") else "none was recorded"
+    note = f"No routing for {message.name or 'this message'} #{message.position}: {why}."
+    return Shown(f"{message.name or 'message'} #{message.position}", (), np.zeros((0, 0, 0), np.float32), note)

@@ -27,7 +27,7 @@ class Session:
     selected: int | None = None  # message id whose routing is shown / acted on
     layer: int | None = None  # None: mean over layers
     shown: Shown | None = None
-    badges: dict[int, str] = field(default_factory=dict)  # swipe id -> badge (routing never changes)
+    summaries: dict[int, object] = field(default_factory=dict)  # swipe id -> routing Summary or None (cached)
     last_rate: float | None = None
 
 
