@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 LIVE_EVERY_S = 0.15  # chat text and coloured tokens while streaming (and the final update)
 METRICS_EVERY_S = 1.0  # routing metrics while streaming (a summary of the whole reply so far)
 FIGURES_EVERY_S = 3.0  # heatmap and share bars while streaming (costly to build and to draw; final one always)
+FIGURES_BUDGET = 0.02  # ... and at most this share of the streaming time goes into building them
 PRESETS: dict[str, Sampling] = {
     "Balanced": Sampling(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05, repeat_penalty=1.05),
     "Precise": Sampling(temperature=0.3, top_p=0.9, top_k=20, min_p=0.1, repeat_penalty=1.05),
@@ -116,10 +117,13 @@ class ChatUI(ChatViews):
         yield self._after_turn(session, last)
 
     def _fold(self, updates, session, display: list[dict], label: str = ""):
-        """(update, outputs) at most every LIVE_EVERY_S, metrics every METRICS_EVERY_S, figures every
-        FIGURES_EVERY_S, and the last one. Work per refresh: the new tokens' spans and the reply's text."""
+        """(update, outputs) at most every LIVE_EVERY_S and for the last token. Work per refresh: the new
+        tokens' spans and the reply's text. Metrics every METRICS_EVERY_S; figures (slow to build) every
+        FIGURES_EVERY_S, or less often when building them would take more than FIGURES_BUDGET of the time.
+        The final figures and metrics come with the views after the turn, so the last token is not held up."""
         live = LiveReply(self.model, session.layer, label)
-        shown_live = last_metrics = last_fig = 0.0
+        start = time.monotonic()
+        shown_live, metrics_due, figures_due = 0.0, start, start + FIGURES_EVERY_S
         sent_context = sent_user = False
         for upd in updates:
             now = time.monotonic()
@@ -129,18 +133,18 @@ class ChatUI(ChatViews):
             shown_live = now
             display[-1] = chat_message("assistant", upd.text)
             tokens = live.tokens_html(upd.token_texts, upd.probs)
-            figures, metrics = (
-                final or now - last_fig >= FIGURES_EVERY_S,
-                final or now - last_metrics >= METRICS_EVERY_S,
-            )
+            figures, metrics = not final and now >= figures_due, not final and now >= metrics_due
             if figures or metrics:
                 session.shown = live.shown("this reply", upd.token_texts, upd.probs)
-            last_fig, last_metrics = (now if figures else last_fig), (now if metrics else last_metrics)
+            views = self._live_views(session, tokens, figures, metrics)
+            if figures:
+                cost = time.monotonic() - now
+                figures_due = now + max(FIGURES_EVERY_S, cost / FIGURES_BUDGET)
+            metrics_due = now + METRICS_EVERY_S if metrics else metrics_due
             user = gr.skip() if sent_user else self._user_live(upd)
             sent_user = sent_user or len(upd.prompt_token_texts) > 0
             context = gr.skip() if sent_context else context_html(upd.report)
             sent_context = True
-            views = self._live_views(session, tokens, figures, metrics)
             yield upd, (session, list(display), *views, user, gr.skip(), context, gr.skip())
 
     def _live_views(self, session, tokens: str, figures: bool, metrics: bool) -> tuple:

@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("playwright")
 import contextlib
+import json
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PWTimeout
@@ -53,6 +54,7 @@ SPEC = TinySpec(
     expert_names=("Xwin", "Pygmalion"),
 )
 HOSTILE = "<img src=x onerror=alert(1)>"
+SECOND_EXPERTS = ("Alpha", "Beta", "Gamma", "Delta")
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
@@ -167,7 +169,7 @@ def pick(page: Page, name: str) -> None:
     wait_idle(page)
 
 
-def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page) -> None:
+def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page, server: Server) -> None:
     pick(page, "Captain Juno")
     expect(page.get_by_test_id("bot").first).to_contain_text("airlock")
     send(page, "Hello captain, what is our heading?")
@@ -183,8 +185,7 @@ def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page) -> None:
     page.get_by_role("tab", name="Model").click()
     expect(page.locator("#model_panel")).to_contain_text("tokens/s")
     page.get_by_role("tab", name="Chat").click()
-    (ROOT / "assets").mkdir(exist_ok=True)
-    page.screenshot(path=str(ROOT / "assets" / "screenshot-chat.png"), full_page=True)
+    page.screenshot(path=str(server.data_dir.parent / "screenshot-chat.png"), full_page=True)
 
 
 def test_regenerate_and_swipe(page: Page) -> None:
@@ -223,7 +224,7 @@ def test_history_survives_reload_and_restart(page: Page, server: Server) -> None
     expect(page.get_by_test_id("user").last).to_contain_text("very long story")
 
 
-def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path) -> None:
+def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path, server: Server) -> None:
     card = Card(
         name="Hostile Harry",
         description=HOSTILE,
@@ -244,4 +245,85 @@ def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path) -> 
     expect(page.get_by_test_id("user").last).to_contain_text(HOSTILE)
     expect(page.get_by_test_id("bot")).to_have_count(2)
     assert page.locator("#chatbot img[src=x], #char_info img[src=x], #chatbot script").count() == 0
-    page.screenshot(path=str(ROOT / "assets" / "screenshot-import.png"), full_page=True)
+    page.screenshot(path=str(server.data_dir.parent / "screenshot-import.png"), full_page=True)
+
+
+def bots(page: Page):
+    return page.get_by_test_id("bot")
+
+
+def test_continue_and_impersonate(page: Page) -> None:
+    pick(page, "Captain Juno")
+    n = bots(page).count()
+    before = bots(page).last.inner_text()
+    page.locator("#continue").click()
+    wait_idle(page)
+    expect(bots(page)).to_have_count(n)
+    assert len(bots(page).last.inner_text()) > len(before)  # the reply grew in place
+    page.locator("#impersonate").click()
+    wait_idle(page)
+    expect(page.locator("#msg textarea")).not_to_have_value("", timeout=30_000)  # the draft lands in the input
+
+
+def test_edit_and_delete_a_message(page: Page) -> None:
+    pick(page, "Captain Juno")
+    users = page.get_by_test_id("user")
+    n = users.count()
+    users.last.click()
+    page.get_by_text("Selected message (click one in the chat)").click()
+    expect(page.locator("#edit_box textarea")).not_to_have_value("", timeout=15_000)
+    page.locator("#edit_box textarea").fill("edited by the browser test")
+    page.locator("#save_edit").click()
+    expect(users.last).to_contain_text("edited by the browser test")
+    users.last.click()
+    expect(page.locator("#edit_box textarea")).to_have_value("edited by the browser test")
+    page.locator("#delete_msg").click()
+    expect(users).to_have_count(n - 1)
+
+
+def test_branch_and_export_sillytavern_jsonl(page: Page) -> None:
+    pick(page, "Captain Juno")
+    n = bots(page).count()
+    page.locator("#branch").click()
+    expect(page.get_by_text("Branched: you are now in the new chat.")).to_be_visible(timeout=15_000)
+    expect(bots(page)).to_have_count(n)
+    page.locator("#export_jsonl").click()
+    link = page.locator("#chat_file a").first
+    expect(link).to_be_visible(timeout=15_000)
+    with page.expect_download() as download:
+        link.click()
+    lines = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert lines[0]["character_name"].startswith("Captain Juno")
+    assert all("mes" in line and "is_user" in line for line in lines[1:]) and len(lines) > 2
+
+
+def test_steered_swipes_top1_and_solo(page: Page) -> None:
+    pick(page, "Captain Juno")
+    page.locator("#steer_top1").click()
+    wait_idle(page)
+    expect(bots(page).last).to_contain_text("top-1 routing")
+    expect(bots(page).last).to_contain_text("swipe")
+    assert page.locator("#tokens .moe-tok").count() > 5  # top-1 replies have routing
+    page.locator("#steer_solo").click()
+    wait_idle(page)
+    expect(bots(page).last).to_contain_text("solo: Xwin", timeout=30_000)
+    expect(page.locator("#tokens")).to_contain_text("no routing", ignore_case=True)  # said, not broken
+    page.locator("#swipe_prev").click()
+    expect(bots(page).last).to_contain_text("top-1 routing")
+
+
+def test_switch_to_a_second_model_and_chat(page: Page, server: Server) -> None:
+    spec = TinySpec(n_layers=3, n_experts=4, n_ctx=2048, seed=11, favour=324, expert_names=SECOND_EXPERTS)
+    second = write_tiny_gguf(server.data_dir.parent / "second.gguf", spec)
+    page.get_by_role("tab", name="Model").click()
+    page.locator("#model_in textarea, #model_in input").first.fill(str(second))
+    page.locator("#model_load").click()
+    expect(page.locator("#model_panel")).to_contain_text("Gamma", timeout=60_000)
+    expect(page.locator("#model_status")).to_contain_text("second.gguf")
+    page.get_by_role("tab", name="Chat").click()
+    pick(page, "Captain Juno")
+    n = bots(page).count()
+    send(page, "And now, with the new model?")
+    wait_idle(page)
+    expect(bots(page)).to_have_count(n + 1)
+    expect(page.locator("#tokens .moe-legend")).to_contain_text("Delta")
