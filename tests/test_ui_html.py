@@ -99,3 +99,28 @@ def test_shown_aligned_pads_missing_rows_and_parse_layer() -> None:
     shown = Shown.aligned("r", ["a", "b", "c"], _probs(2), (2, 2))
     assert shown.probs.shape == (3, 2, 2) and np.isnan(shown.probs[2]).all()
     assert parse_layer("layer 3") == 3 and parse_layer("mean over layers") is None
+
+
+def test_live_reply_renders_only_new_tokens_and_matches_the_full_view() -> None:
+    from moechat.ui_live import LiveReply
+    from moechat.ui_routing import Model
+
+    model = Model(("Xwin", "Pygmalion"), 2, 2)
+    texts, probs = ["a", "<b>", "c", "\n"], _probs(4)
+    live = LiveReply(model, None)
+    live.tokens_html(texts[:2], probs[:2])
+    out = live.tokens_html(texts, probs)
+    assert out == tokens_html(texts, probs, model.expert_names, k=2)
+    solo = LiveReply(model, None, "solo: Xwin")
+    assert "no routing" in solo.tokens_html(["a"], np.full((1, 2, 1), np.nan, np.float32)).lower()
+    assert not solo.shown("r", ["a"], np.full((1, 2, 1), np.nan)).routed
+
+
+def test_steered_label_and_gpu_note() -> None:
+    from moechat.engine import LoadReport
+    from moechat.ui_html import gpu_note
+
+    body = chat_message("assistant", "hi", swipe=(1, 2), label="solo: <Xwin>")["content"][0]["text"]
+    assert "swipe 2/2" in body and "solo: &lt;Xwin&gt;" in body
+    assert "CMAKE_ARGS" in gpu_note(LoadReport(False, 0, "fast", 2))
+    assert gpu_note(LoadReport(True, 7, "fast", 2)) == ""
