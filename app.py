@@ -51,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def mount_api(app) -> None:
-        # ---- API MOUNT POINT -------------------------------------------------------------------------------
-        # The OpenAI-compatible /v1 routes (moechat/api.py) go here, on the running FastAPI app, serving the
-        # current model through the slot (a model switch in the UI is seen by the API at its next request):
-        #     from moechat.api import api_key_from_env, api_router
-        #     app.include_router(api_router(slot.get, api_key=api_key_from_env()))
-        # ------------------------------------------------------------------------------------------------------
-        pass
+        """The OpenAI-compatible /v1 routes, on the same server, serving the slot's current model; a request
+        holds a lease from prompt to last token, so a model switch waits for it."""
+        from moechat.api import api_key_from_env, api_router
+
+        app.include_router(api_router(slot.get, api_key=api_key_from_env(), lease=slot.use))
 
     engine = slot.get()
     print(
