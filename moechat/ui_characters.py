@@ -12,7 +12,7 @@ from moechat.cards import read_card
 from moechat.errors import MoechatError
 from moechat.ui_chats import ChatList
 from moechat.ui_html import card_markdown
-from moechat.ui_library import add_card, avatar_or_none, card_of, edited_card, export_card
+from moechat.ui_library import add_card, avatar_file, card_of, edited_card, export_card
 from moechat.ui_session import Session
 
 EDITOR_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "tags", "creator_notes")
@@ -30,7 +30,7 @@ class Characters:
         """(avatar, name) per character; session.character_ids in the same order."""
         characters = self._store(session).characters()
         session.character_ids = [c.id for c in characters]
-        return [(avatar_or_none(self._store(session), self.data_dir, c.id), c.name) for c in characters]
+        return [(avatar_file(self._store(session), self.data_dir, c.id), c.name) for c in characters]
 
     def info(self, session: Session) -> str:
         if session.character_id is None:

@@ -18,7 +18,7 @@ from moechat.sillytavern import to_jsonl
 from moechat.store_records import ChatInfo
 from moechat.ui_chat import ChatUI, skip_all
 from moechat.ui_html import card_markdown
-from moechat.ui_library import avatar_or_none, card_of
+from moechat.ui_library import avatar_file, card_of
 from moechat.ui_session import Session
 
 N_EXTRA = 3
@@ -52,7 +52,7 @@ class ChatList:
             return self.skip()
         session.chat_id, session.selected, session.shown = chat_id, None, None
         views = list(self.ui.views(session))
-        avatar = avatar_or_none(store, self.data_dir, session.character_id) if session.character_id else None
+        avatar = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
         views[1] = gr.Chatbot(value=views[1], avatar_images=(None, avatar))
         return (*views, self.picker(session), self.info(session), self.title(session))
 

@@ -24,8 +24,9 @@ def esc(text: object) -> str:
 
 
 def display_text(text: str) -> str:
-    """A chat message for the Markdown chat view: markup escaped, so `<script>` shows as text."""
-    return html.escape(text, quote=False)
+    """Untrusted text for a Markdown view: markup escaped, so `<script>` shows as text, and image syntax
+    made literal, so `![x](https://host/pixel.png)` is never fetched (links stay links: they need a click)."""
+    return html.escape(text, quote=False).replace("![", "!\\[")
 
 
 def hover_lines(probs_t: np.ndarray, names: Sequence[str]) -> str:
@@ -190,13 +191,13 @@ def _gpu(report: object) -> str:
 
 def card_markdown(name: str, tags: Sequence[str], creator_notes: str, creator: str = "") -> str:
     """A character's details for the gallery: creator notes are shown here and never sent to the model."""
-    lines = [f"### {esc(name)}"]
+    lines = [f"### {display_text(name)}"]
     if tags:
         lines.append(" ".join(f"`{esc(t)}`" for t in tags))
     if creator:
-        lines.append(f"by {esc(creator)}")
+        lines.append(f"by {display_text(creator)}")
     if creator_notes:
-        lines.append("**Creator notes** (shown to you, never sent to the model):\n\n" + esc(creator_notes))
+        lines.append("**Creator notes** (shown to you, never sent to the model):\n\n" + display_text(creator_notes))
     return "\n\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from moechat.card_png import default_avatar
 from moechat.cards import Card, bundled_characters, card_bytes, card_from_json, read_card
 from moechat.errors import CardError
 from moechat.store import Store
@@ -52,9 +53,14 @@ def card_of(store: Store, data_dir: Path, character_id: int) -> Card:
     return card.with_avatar(path.read_bytes()) if path.is_file() else card
 
 
-def avatar_or_none(store: Store, data_dir: Path, character_id: int) -> str | None:
+def avatar_file(store: Store, data_dir: Path, character_id: int) -> str:
+    """The character's avatar image; one is drawn from its name when it has none (e.g. a character that
+    `chats import` created from a chat file)."""
     path = avatar_path(data_dir, store.owner, character_id)
-    return str(path) if path.is_file() else None
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(default_avatar(store.character(character_id).name))
+    return str(path)
 
 
 def export_card(store: Store, data_dir: Path, character_id: int, fmt: str, folder: Path) -> Path:

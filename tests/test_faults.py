@@ -129,11 +129,6 @@ def test_disk_full_is_a_store_error_and_the_database_stays_intact(tiny_disk: Pat
 
 
 @pytest.mark.browser
-@pytest.mark.xfail(
-    strict=True,
-    reason="UI bug (ui_characters.gallery): a character without an avatar file, as `chats import` creates, gives "
-    "the gallery a None image; Gradio's postprocess raises and the whole page fails to load",
-)
 def test_app_loads_after_a_cli_chat_import(tmp_path: Path, tiny_moe_path: Path) -> None:
     pytest.importorskip("playwright")
     from playwright.sync_api import expect, sync_playwright

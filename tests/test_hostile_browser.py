@@ -232,14 +232,20 @@ def visit_character(page: Page, i: int) -> None:
     page.keyboard.press("Escape")
 
 
-LEAKS_JS = """() => Array.from(document.querySelectorAll('[src*="evil.example"], [href*="evil.example"]'))
+# Elements that would load something from the hostile host by themselves (a plain link needs a click).
+LEAKS_JS = """() => Array.from(document.querySelectorAll(
+        '[src*="evil.example"], link[href*="evil.example"], [style*="evil.example"], object, embed, iframe[src]'))
     .map(e => (e.closest('[id]') || {id: '?'}).id + ' ' + e.tagName.toLowerCase())"""
+# Links whose target is not a plain web address (javascript:, data:, vbscript: ...).
+SCRIPT_LINKS_JS = """() => Array.from(document.querySelectorAll('a[href]'))
+    .map(a => a.getAttribute('href')).filter(h => !/^(https?:|#|\\/|mailto:)/i.test(h.trim()))"""
 
 
 @dataclass
 class Visit:
     watch: Watch
     leaky_elements: set[str]
+    script_links: set[str]
     shown: str
 
 
@@ -251,13 +257,16 @@ def visit(browser: Browser, hostile_app: AppServer) -> Visit:
     page.goto(hostile_app.url)
     expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
     leaky: set[str] = set()
+    script_links: set[str] = set()
     for i in range(len(PAYLOADS)):
         visit_character(page, i)
         leaky.update(page.evaluate(LEAKS_JS))
+        script_links.update(page.evaluate(SCRIPT_LINKS_JS))
     page.get_by_role("tab", name="Characters").click()
     page.locator("#load_editor").click()
     page.wait_for_timeout(1000)
     leaky.update(page.evaluate(LEAKS_JS))
+    script_links.update(page.evaluate(SCRIPT_LINKS_JS))
     page.get_by_role("tab", name="Chat").click()
     page.wait_for_timeout(500)
     shown = page.locator("#char_info").inner_text()
@@ -265,7 +274,7 @@ def visit(browser: Browser, hostile_app: AppServer) -> Visit:
     print(f"\nhostile: {len(PAYLOADS)} payloads x {len(FIELDS)} fields = {len(PAYLOADS) * len(FIELDS)} placements")
     print(f"hostile: {watch.requests} requests, {len(watch.outbound)} outbound, {len(watch.executions)} executions")
     print(f"hostile: outbound {sorted(set(watch.outbound))}; remote URLs in the page at {sorted(leaky)}")
-    return Visit(watch, leaky, shown)
+    return Visit(watch, leaky, script_links, shown)
 
 
 def test_no_payload_executes(visit: Visit) -> None:
@@ -273,19 +282,14 @@ def test_no_payload_executes(visit: Visit) -> None:
     assert PAYLOADS[-1].split(">")[0] in visit.shown  # the last character's payload is on screen, as text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="UI bug: a markdown image in a chat message (#chatbot) or creator notes (#char_info) is an <img> fetched "
-    "from the remote host (a tracking pixel); the UI should not load remote images from untrusted text",
-)
 def test_no_outbound_requests(visit: Visit) -> None:
     assert visit.watch.outbound == []
     assert visit.leaky_elements == set()
 
 
-def test_only_markdown_images_call_out(visit: Visit) -> None:
-    """Every other payload (img/style/css/link/object/iframe) stays text: the one leak is the markdown image."""
-    assert set(visit.watch.outbound) <= {f"{EVIL}/md.png"}
+def test_links_are_plain_web_links(visit: Visit) -> None:
+    """Markdown links stay clickable links, but never javascript:/data: ones."""
+    assert visit.script_links == set()
 
 
 def test_hook_detects_a_real_execution(browser: Browser, hostile_app: AppServer) -> None:

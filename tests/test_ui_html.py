@@ -124,3 +124,12 @@ def test_steered_label_and_gpu_note() -> None:
     assert "swipe 2/2" in body and "solo: &lt;Xwin&gt;" in body
     assert "CMAKE_ARGS" in gpu_note(LoadReport(False, 0, "fast", 2))
     assert gpu_note(LoadReport(True, 7, "fast", 2)) == ""
+
+
+def test_markdown_images_in_untrusted_text_are_never_fetched():
+    from moechat.ui_html import card_markdown, display_text
+
+    shown = display_text("look ![pixel](https://evil.example/p.png) and [a link](https://example.org)")
+    assert "![" not in shown and "!\\[pixel]" in shown
+    assert "[a link](https://example.org)" in shown
+    assert "![" not in card_markdown("Eve", [], "![x](https://evil.example/x.png)")

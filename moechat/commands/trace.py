@@ -33,8 +33,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def token_record(tok: Token) -> dict[str, Any]:
     probs = [[round(float(p), 7) for p in layer] for layer in tok.routing.probs]
     experts = [[int(e) for e in layer] for layer in tok.routing.experts]
-    return {"pos": tok.pos, "id": tok.id, "text": tok.piece.decode("utf-8", "replace"), "prompt": tok.prompt,
-            "probs": probs, "experts": experts}
+    return {
+        "pos": tok.pos,
+        "id": tok.id,
+        "text": tok.piece.decode("utf-8", "replace"),
+        "prompt": tok.prompt,
+        "probs": probs,
+        "experts": experts,
+    }
 
 
 def trace_document(engine: Engine, tokens: Iterable[Token]) -> dict[str, Any]:
