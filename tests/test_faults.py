@@ -67,7 +67,7 @@ def test_sigkill_during_cli_chat_import_leaves_whole_chats(tmp_path: Path, delay
     integrity_ok(data_dir)
 
 
-@pytest.mark.skip(reason="model switching landed in the UI (4ac64ff) after this suite: mid-switch kill not written")
+@pytest.mark.skip(reason="a SIGKILL in the middle of a model switch is not written yet")
 def test_sigkill_during_model_switch() -> None:
     """Placeholder for SIGKILL mid model switch, to be written when the UI can switch models."""
 
