@@ -558,7 +558,7 @@ def api_reader() -> Reader | None:
         model = api_schema.ChatRequest if path.endswith("chat/completions") else api_schema.CompletionRequest
         req = api_schema.parse(model, json.loads(raw))
         if isinstance(req, api_schema.ChatRequest):
-            api._chat_prompt(engine, req)
+            req.prompt(engine.info.name, engine.info.chat_template)
         else:
             req.prompt_text()
         req.stops()
