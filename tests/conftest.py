@@ -13,6 +13,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from moechat.tiny_gguf import TinySpec, write_tiny_gguf
 
+try:  # browser tests: UI events queue behind each other on slow shared machines, so assertions wait 20 s, not 5
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)
+except ImportError:
+    pass
+
 SHAPES = {
     "moe2": TinySpec(n_experts=2, n_experts_used=2, seed=1, expert_names=("Xwin", "Pygmalion")),
     "moe4": TinySpec(n_experts=4, n_experts_used=2, seed=2, n_layers=3),
