@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -67,9 +68,62 @@ def test_sigkill_during_cli_chat_import_leaves_whole_chats(tmp_path: Path, delay
     integrity_ok(data_dir)
 
 
-@pytest.mark.skip(reason="a SIGKILL in the middle of a model switch is not written yet")
-def test_sigkill_during_model_switch() -> None:
-    """Placeholder for SIGKILL mid model switch, to be written when the UI can switch models."""
+SWITCHER = textwrap.dedent(
+    """
+    import sys, threading
+    from moechat import chat
+    from moechat.engine import Engine, Sampling
+    from moechat.model_slot import ModelSlot
+    from moechat.store import Store
+
+    models, data = sys.argv[1:3], sys.argv[3]
+    store = Store.open(data)
+    character = store.add_character("Mira", {"name": "Mira", "first_mes": "Hello."})
+    chat_id = chat.start_chat(store, character.id)
+    slot = ModelSlot(Engine.load(models[0], n_ctx=1024))
+    options = chat.TurnOptions(sampling=Sampling(temperature=0, max_tokens=100000), format="metharme")
+
+    def talk():
+        while True:
+            with slot.use() as engine:
+                for _ in chat.send(engine, store, chat_id, "Go on.", options):
+                    pass
+
+    threading.Thread(target=talk, daemon=True).start()
+    for i in range(1000):
+        slot.switch(Engine.load(models[(i + 1) % 2], n_ctx=1024))  # waits for the running reply
+        print("switched", flush=True)
+    """
+)
+
+
+def test_sigkill_during_model_switch(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """A kill while a model switch waits for a running reply: the database is intact, the partial reply is
+    kept (marked stopped), and a fresh start loads either model and chats."""
+    data_dir = tmp_path / "data"
+    args = [str(tiny_models["moe2"]), str(tiny_models["moe4"]), str(data_dir)]
+    proc = subprocess.Popen([sys.executable, "-c", SWITCHER, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "switched"
+        time.sleep(0.7)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    integrity_ok(data_dir)
+    with Store.open(data_dir) as store:
+        (info,) = store.chats()
+        messages = store.messages(info.id)
+        assert messages[1].role == "user" and all(m.text == "Go on." for m in messages if m.role == "user")
+        replies = [m for m in messages[2:] if m.role == "assistant"]
+        assert replies and all(not r.current.stats.stopped for r in replies[:-1])
+    done = subprocess.run(
+        [sys.executable, "-m", "moechat", "trace", args[1], "--prompt", "hi", "--max-tokens", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_truncated_or_deleted_model_gives_a_clear_message(tmp_path: Path, tiny_moe_path: Path) -> None:
