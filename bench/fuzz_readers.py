@@ -36,6 +36,8 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from moechat.card_json import DATA_FIELDS
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -185,30 +187,7 @@ def interesting_ints() -> st.SearchStrategy[int]:
 
 # cards
 
-CARD_KEYS = [
-    "name",
-    "description",
-    "personality",
-    "scenario",
-    "first_mes",
-    "mes_example",
-    "creator_notes",
-    "system_prompt",
-    "post_history_instructions",
-    "alternate_greetings",
-    "tags",
-    "creator",
-    "character_version",
-    "extensions",
-    "character_book",
-    "group_only_greetings",
-    "nickname",
-    "creator_notes_multilingual",
-    "source",
-    "creation_date",
-    "modification_date",
-    "assets",
-]
+CARD_KEYS = list(DATA_FIELDS)  # every field of a card's data, as the card model knows them
 ENTRY_KEYS = [
     "keys",
     "content",
