@@ -62,3 +62,10 @@ def test_help_lists_every_option() -> None:
     for flag in ("--model", "--host", "--port", "--share", "--data-dir", "--n-gpu-layers", "--n-ctx", "--threads"):
         assert flag in text
     assert "--capture" in text and "--hosted" in text and "--max-upload-mb" in text
+
+
+def test_prompt_routing_flag_and_env():
+    assert load_settings([], {}).prompt_routing is True
+    assert load_settings(["--no-prompt-routing"], {}).prompt_routing is False
+    assert load_settings([], {"MOECHAT_PROMPT_ROUTING": "off"}).prompt_routing is False
+    assert load_settings(["--prompt-routing"], {"MOECHAT_PROMPT_ROUTING": "0"}).prompt_routing is True
