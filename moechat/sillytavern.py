@@ -148,7 +148,8 @@ def _message(line: dict[str, Any]) -> ImportedMessage | None:
     mes = line.get("mes")
     if not isinstance(mes, str):
         return None
-    texts = [s if isinstance(s, str) else json.dumps(s) for s in line.get("swipes") or []] or [mes]
+    raw_swipes = line.get("swipes") if isinstance(line.get("swipes"), list) else []
+    texts = [s if isinstance(s, str) else json.dumps(s) for s in raw_swipes] or [mes]
     index = line.get("swipe_id") if isinstance(line.get("swipe_id"), int) else 0
     if not 0 <= index < len(texts):
         texts.append(mes)

@@ -89,3 +89,11 @@ def test_optional_gguf_metadata_of_the_wrong_type_is_ignored(
 
 def test_nan_is_not_a_date() -> None:
     assert not any(isinstance(v, float) and math.isnan(v) for v in [sillytavern.parse_date("nan")])
+
+
+@pytest.mark.parametrize("swipes", [True, 7, "abc", {"a": 1}])
+def test_st_message_whose_swipes_is_not_a_list_keeps_its_text(swipes: Any) -> None:
+    # found by bench/fuzz_readers.py at 10,000 cases: `"swipes": true` raised TypeError
+    lines = [{"user_name": "You", "character_name": "Sera"}, {"name": "Sera", "mes": "yo", "swipes": swipes}]
+    chat, skipped = sillytavern.parse_jsonl("\n".join(json.dumps(line) for line in lines))
+    assert skipped == [] and [s.text for s in chat.messages[0].swipes] == ["yo"]
