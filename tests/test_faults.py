@@ -187,7 +187,7 @@ def test_app_loads_after_a_cli_chat_import(tmp_path: Path, tiny_moe_path: Path) 
     pytest.importorskip("playwright")
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.test_hostile_browser import ARGS, CHROMIUM, AppServer
+    from tests.app_server import ARGS, CHROMIUM, AppServer
 
     data_dir = tmp_path / "data"
     cmd = [sys.executable, "-m", "moechat", "chats", "--data-dir", str(data_dir), "import"]

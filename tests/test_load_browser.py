@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.test_hostile_browser import ARGS, CHROMIUM, AppServer
+from tests.app_server import ARGS, CHROMIUM, AppServer
 
 pytestmark = [
     pytest.mark.browser,

@@ -6,13 +6,6 @@ reply never ends early: the stop test can click Stop mid-reply. Screenshots for 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,20 +20,9 @@ from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.cards import Card, card_bytes
 from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from tests.app_server import ARGS, CHROMIUM, AppServer
 
 pytestmark = pytest.mark.browser
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 SPEC = TinySpec(
     n_layers=6,
     n_embd=512,
@@ -60,65 +42,10 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python app.py` as a subprocess; restartable on the same data dir and port."""
-
-    def __init__(self, model: Path, data_dir: Path) -> None:
-        self.model, self.data_dir, self.port = model, data_dir, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-        cmd = [
-            sys.executable,
-            "app.py",
-            "--model",
-            str(self.model),
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--threads",
-            "1",
-            "--n-ctx",
-            "2048",
-        ]
-        self.log = self.data_dir.parent / "app.log"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app.py exited: {self.log.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.url, timeout=1)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("app.py did not answer within 60 s")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     root = tmp_path_factory.mktemp("ui")
-    srv = Server(write_tiny_gguf(root / "moe.gguf", SPEC), root / "data")
+    srv = AppServer(write_tiny_gguf(root / "moe.gguf", SPEC), root / "data", "--n-ctx", "2048")
     srv.start()
     yield srv
     srv.stop()
@@ -133,7 +60,7 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, server: Server) -> Iterator[Page]:
+def page(browser: Browser, server: AppServer) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1600, "height": 1100})
     pg = context.new_page()
     pg.dialogs = []  # type: ignore[attr-defined]
@@ -169,7 +96,7 @@ def pick(page: Page, name: str) -> None:
     wait_idle(page)
 
 
-def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page, server: Server) -> None:
+def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page, server: AppServer) -> None:
     pick(page, "Captain Juno")
     expect(page.get_by_test_id("bot").first).to_contain_text("airlock")
     send(page, "Hello captain, what is our heading?")
@@ -213,7 +140,7 @@ def test_stop_mid_reply(page: Page) -> None:
     assert 0 < n < 1000, f"{n} tokens: the reply was not stopped"
 
 
-def test_history_survives_reload_and_restart(page: Page, server: Server) -> None:
+def test_history_survives_reload_and_restart(page: Page, server: AppServer) -> None:
     expect(page.get_by_test_id("user").first).to_contain_text("what is our heading?", timeout=15_000)
     page.reload()
     expect(page.get_by_test_id("user").first).to_contain_text("what is our heading?", timeout=15_000)
@@ -224,7 +151,7 @@ def test_history_survives_reload_and_restart(page: Page, server: Server) -> None
     expect(page.get_by_test_id("user").last).to_contain_text("very long story")
 
 
-def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path, server: Server) -> None:
+def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path, server: AppServer) -> None:
     card = Card(
         name="Hostile Harry",
         description=HOSTILE,
@@ -312,7 +239,7 @@ def test_steered_swipes_top1_and_solo(page: Page) -> None:
     expect(bots(page).last).to_contain_text("top-1 routing")
 
 
-def test_switch_to_a_second_model_and_chat(page: Page, server: Server) -> None:
+def test_switch_to_a_second_model_and_chat(page: Page, server: AppServer) -> None:
     spec = TinySpec(n_layers=3, n_experts=4, n_ctx=2048, seed=11, favour=324, expert_names=SECOND_EXPERTS)
     second = write_tiny_gguf(server.data_dir.parent / "second.gguf", spec)
     page.get_by_role("tab", name="Model").click()

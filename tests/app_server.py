@@ -1,0 +1,60 @@
+"""`python app.py` as a subprocess on a free port, and Debian's chromium: what the browser tests share."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"]
+ARGS += ["--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` on a free port and a given data dir (the browser tests' recipe)."""
+
+    def __init__(self, model: Path, data_dir: Path, *extra: str) -> None:
+        self.model, self.data_dir, self.extra, self.port = model, data_dir, extra, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"app-{self.port}.log"
+
+    def start(self, timeout: float = 90) -> None:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+        cmd = [sys.executable, "app.py", "--model", str(self.model), "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir), "--threads", "1", "--n-ctx", "1024", *self.extra]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app.py exited: {self.log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=1)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"app.py did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
