@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from moechat.demo import demo_model_path, source_path
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
+from moechat.models.demo import demo_model_path, source_path
 
 PROMPT = "<|im_start|>user\nTell me a story about a lighthouse keeper.<|im_end|>\n<|im_start|>assistant\n"
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
-from moechat.engine import Engine, Sampling
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
 
 # ~5-10 ms per token on one core of the 2-core CI machine: big enough that per-token overheads show
 SPEC = TinySpec(

@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
 
 TEXT = (
     "The harbour master kept a ledger of every ship that came and went, and in the margins he drew the "
@@ -26,7 +27,7 @@ TEXT = (
 def model_path(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    from moechat.demo import demo_model_path
+    from moechat.models.demo import demo_model_path
 
     return demo_model_path(Path(tempfile.gettempdir()) / "moechat-bench")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moechat.store import Store
-from moechat.store_records import GenStats, RoutingRecord
+from moechat.store.records import GenStats, RoutingRecord
+from moechat.store.store import Store
 
 SIZES = (50, 100, 200, 500)
 N_CHATS = 1000

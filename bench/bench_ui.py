@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from moechat import chat, ui_chat
-from moechat.engine import Engine, Sampling
-from moechat.model_slot import ModelSlot
-from moechat.store import Store
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
-from moechat.ui_library import import_bundled
-from moechat.ui_session import Session, StopFlags, Stores
+from moechat import chat
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.library import import_bundled
+from moechat.models.slot import ModelSlot
+from moechat.store.store import Store
+from moechat.ui import chat as ui_chat
+from moechat.ui.session import Session, StopFlags, Stores
 
 SPEC = TinySpec(
     n_layers=6,

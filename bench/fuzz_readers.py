@@ -36,17 +36,17 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from moechat.card_json import DATA_FIELDS
+from moechat.cards.json import DATA_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from moechat import lorebook, sillytavern, tgw  # noqa: E402
-from moechat.cards import Card, card_bytes, read_card  # noqa: E402
+from moechat.cards.card import Card, card_bytes, read_card  # noqa: E402
 from moechat.errors import CardError, EngineError, StoreError  # noqa: E402
-from moechat.gguf_info import read_info  # noqa: E402
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf  # noqa: E402
+from moechat.gguf.info import read_info  # noqa: E402
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf  # noqa: E402
 
 CASE_LIMIT_S = 5.0
 
@@ -517,7 +517,8 @@ def api_reader() -> Reader | None:
         from fastapi import FastAPI
         from fastapi.testclient import TestClient
 
-        from moechat import api, api_schema
+        from moechat.api import routes as api
+        from moechat.api import schema as api_schema
         from moechat.errors import PromptError
     except ImportError:
         return None

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moechat.cards import card_bytes, card_from_json
+from moechat.cards.card import card_bytes, card_from_json
 
 HERE = Path(__file__).resolve().parent
 STAMP = 1_767_225_600  # 2026-01-01T00:00:00Z: fixed so the output is reproducible

@@ -13,14 +13,16 @@ from typing import Literal
 
 import numpy as np
 
-from moechat import formats, lorebook, macros
-from moechat.cards import Card, card_from_json
-from moechat.engine import Engine, Sampling, Token
+from moechat.cards import lorebook, macros
+from moechat.cards.card import Card, card_from_json
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling, Token
 from moechat.errors import StoreError
-from moechat.prompt import AuthorsNote, Budget, Message, Persona, Prompt, Report, build
-from moechat.store import Store
-from moechat.store_records import Message as StoredMessage
-from moechat.store_records import RoutingRecord
+from moechat.prompt import formats
+from moechat.prompt.assemble import AuthorsNote, Budget, Message, Persona, Prompt, Report, build
+from moechat.store.records import Message as StoredMessage
+from moechat.store.records import RoutingRecord
+from moechat.store.store import Store
 
 SAVE_EVERY_S = 0.5  # the reply so far is written to the store at most this often (and at the end)
 Mode = Literal["reply", "continue", "impersonate"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moechat.routing import valid
+from moechat.routing.metrics import valid
 
 EXPERT_0, NEUTRAL, EXPERT_1 = "#4393c3", "#f7f7f7", "#d6604d"  # readable behind dark text at both ends
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")

@@ -14,7 +14,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from moechat.colors import diverging_scale, expert_colors, token_colors
-from moechat.routing import first_choice
+from moechat.routing.metrics import first_choice
+
+Figure = go.Figure  # what the figure functions return, for modules that must not import plotly
 
 __all__ = [
     "drift_figure",

@@ -11,7 +11,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
 
 try:  # browser tests: UI events queue behind each other on slow shared machines, so assertions wait 20 s, not 5
     from playwright.sync_api import expect

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from moechat import routing
-from moechat.agreement import cohen_kappa, compare, logit_margin, masked_correlation
+from moechat.routing import metrics as routing
+from moechat.routing.agreement import cohen_kappa, compare, logit_margin, masked_correlation
 
 
 def probs_of(p1: list[float]) -> np.ndarray:

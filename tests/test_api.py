@@ -22,9 +22,9 @@ import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
-from moechat import formats
-from moechat.api import api_router
-from moechat.engine import Engine
+from moechat.api.routes import api_router
+from moechat.engine.engine import Engine
+from moechat.prompt import formats
 
 KEY = "sk-test-moechat"
 GREEDY = {"temperature": 0}

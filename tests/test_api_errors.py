@@ -17,9 +17,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from moechat.api import api_router
-from moechat.engine import Engine
-from moechat.model_slot import ModelSlot
+from moechat.api.routes import api_router
+from moechat.engine.engine import Engine
+from moechat.models.slot import ModelSlot
 from tests.test_api import CHAT, GREEDY, KEY, Server, chat, complete, load_engine, running_server, streamed_chat
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from PIL import Image, PngImagePlugin
 
-from moechat.card_png import default_avatar
-from moechat.cards import Card, bundled_characters, card_bytes, card_from_json, read_card, write_card
+from moechat.cards.card import Card, bundled_characters, card_bytes, card_from_json, read_card, write_card
+from moechat.cards.png import default_avatar
 
 V1 = {
     "name": "Ann",

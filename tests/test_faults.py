@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from moechat.errors import EngineError, StoreError
-from moechat.gguf_info import read_info
-from moechat.store import DB_NAME, Store
+from moechat.gguf.info import read_info
+from moechat.store.store import DB_NAME, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,9 +72,10 @@ SWITCHER = textwrap.dedent(
     """
     import sys, threading
     from moechat import chat
-    from moechat.engine import Engine, Sampling
-    from moechat.model_slot import ModelSlot
-    from moechat.store import Store
+    from moechat.engine.engine import Engine
+    from moechat.engine.types import Sampling
+    from moechat.models.slot import ModelSlot
+    from moechat.store.store import Store
 
     models, data = sys.argv[1:3], sys.argv[3]
     store = Store.open(data)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moechat import fidelity
 from moechat.errors import EngineError
-from moechat.fidelity import Run, compare_models, compare_runs, kl_divergence, teacher_forced
-from moechat.gguf_info import open_reader
+from moechat.gguf.info import open_reader
+from moechat.moe import fidelity
+from moechat.moe.fidelity import Run, compare_models, compare_runs, kl_divergence, teacher_forced
 
 TEXTS = ("*She smiles* Tell me about the dragon, traveller.", "The capital of France is Paris.")
 

@@ -3,11 +3,11 @@ chat, an empty card, continue/impersonate endings, stop strings, and the embedde
 
 import pytest
 
-from moechat.cards import Card
+from moechat.cards.card import Card
 from moechat.errors import PromptError
-from moechat.formats import default_format, format_names, get_format
-from moechat.prompt import Message, Persona, build
-from moechat.tiny_gguf import CHAT_TEMPLATE
+from moechat.gguf.tiny import CHAT_TEMPLATE
+from moechat.prompt.assemble import Message, Persona, build
+from moechat.prompt.formats import default_format, format_names, get_format
 
 CARD = Card(
     name="Seraphina",

@@ -12,14 +12,15 @@ import gguf
 import numpy as np
 import pytest
 
-from moechat import frankenmoe
 from moechat.__main__ import main as cli
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
 from moechat.errors import ConfigError
-from moechat.frankenmoe import CONFIG_KEY, build_moe
-from moechat.gguf_info import EXPERT_NAMES_KEY, field, open_reader, read_info, router_weights
-from moechat.mergekit_config import parse_config
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.gguf.info import EXPERT_NAMES_KEY, field, open_reader, read_info, router_weights
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.moe import frankenmoe
+from moechat.moe.frankenmoe import CONFIG_KEY, build_moe
+from moechat.moe.mergekit_config import parse_config
 
 QT = gguf.GGMLQuantizationType
 POS = ["Once upon a time", "the dragon said hello"]

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from bench.fuzz_readers import gguf_metadata
-from moechat import sillytavern, tgw
+from moechat.chatfiles import sillytavern, tgw
 from moechat.errors import EngineError
-from moechat.gguf_info import read_info
+from moechat.gguf.info import read_info
 
 BAD_DATES = [
     "2024-13-01@01h02m03s",  # month 13: datetime() raised ValueError

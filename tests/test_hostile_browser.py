@@ -19,12 +19,12 @@ import pytest
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
-from moechat.card_png import default_avatar
-from moechat.cards import Card
-from moechat.lorebook import read_lorebook
-from moechat.store import Store
-from moechat.store_records import RoutingRecord
-from moechat.ui_session import avatar_path
+from moechat.cards.card import Card
+from moechat.cards.lorebook import read_lorebook
+from moechat.cards.png import default_avatar
+from moechat.library import avatar_path
+from moechat.store.records import RoutingRecord
+from moechat.store.store import Store
 from tests.app_server import ARGS, CHROMIUM, AppServer
 
 pytestmark = pytest.mark.browser

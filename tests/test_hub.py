@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from moechat import hub
 from moechat.errors import EngineError
+from moechat.models import hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 QUANTS = ["Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "f16"]
@@ -164,9 +164,9 @@ def test_local_path_demo_and_nonsense(tmp_path: Path, monkeypatch: pytest.Monkey
     local = tmp_path / "m.gguf"
     local.write_bytes(b"GGUF")
     assert hub.resolve_model(str(local), tmp_path) == hub.ResolvedModel(local, "local")
-    import moechat.demo
+    import moechat.models.demo
 
-    monkeypatch.setattr(moechat.demo, "demo_model_path", lambda data_dir: Path(data_dir) / "demo.gguf")
+    monkeypatch.setattr(moechat.models.demo, "demo_model_path", lambda data_dir: Path(data_dir) / "demo.gguf")
     assert hub.resolve_model(None, tmp_path).path == tmp_path / "demo.gguf"
     assert hub.resolve_model("demo", tmp_path).source == "demo"
     with pytest.raises(EngineError, match="not a Hugging Face repo"):

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from moechat.cards.lorebook import Lorebook, parse_decorators, read_lorebook, select
 from moechat.errors import CardError
-from moechat.lorebook import Lorebook, parse_decorators, read_lorebook, select
 
 
 def words(text: str) -> int:

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from moechat.macros import comments, scan_text, split_examples, split_turns, substitute
+from moechat.cards.macros import comments, scan_text, split_examples, split_turns, substitute
 
 
 @pytest.mark.parametrize(

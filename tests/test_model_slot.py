@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
 from moechat.errors import EngineError
-from moechat.model_slot import ModelSlot
+from moechat.models.slot import ModelSlot
 
 OPTIONS = {"n_ctx": 256, "n_threads": 1}
 

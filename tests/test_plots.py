@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import pytest
 
 from moechat import colors, plots
-from moechat.routing import soft_share
+from moechat.routing.metrics import soft_share
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 NAN = math.nan

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moechat.cards import Card
+from moechat.cards.card import Card
 from moechat.errors import PromptError
-from moechat.formats import Format, get_format
-from moechat.prompt import AuthorsNote, Budget, Message, Persona, Prompt, build, estimate_tokens
+from moechat.prompt.assemble import AuthorsNote, Budget, Message, Persona, Prompt, build, estimate_tokens
+from moechat.prompt.formats import Format, get_format
 
 METHARME, VICUNA, PYGMALION = get_format("metharme"), get_format("vicuna"), get_format("pygmalion")
 CARD = Card(name="Seraphina", description="A forest guardian.", personality="kind")
@@ -120,7 +120,7 @@ def test_lore_goes_where_its_position_says() -> None:
 
 
 def test_real_lorebook_selection_plugs_in() -> None:
-    from moechat.lorebook import read_lorebook, select
+    from moechat.cards.lorebook import read_lorebook, select
 
     book = read_lorebook({"entries": [{"keys": ["glade"], "content": "The glade is sacred to {{char}}.", "id": 1}]})
     hits = select(book, [m.text for m in HISTORY], words).fired
@@ -219,12 +219,12 @@ def test_any_budget_keeps_a_newest_suffix_and_an_examples_prefix(context: int, n
 
 
 # ---- the real tokenizer --------------------------------------------------------------------------------
-needs_engine = pytest.mark.skipif(importlib.util.find_spec("moechat.engine") is None, reason="no moechat.engine")
+needs_engine = pytest.mark.skipif(importlib.util.find_spec("moechat.engine.engine") is None, reason="no moechat.engine")
 
 
 @needs_engine
 def test_trimming_with_the_real_tokenizer(tiny_moe_path: Path) -> None:
-    from moechat.engine import Engine
+    from moechat.engine.engine import Engine
 
     with Engine.load(tiny_moe_path, n_ctx=512, capture="off") as engine:
         count = engine.count_tokens

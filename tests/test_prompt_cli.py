@@ -8,7 +8,7 @@ import pytest
 
 from moechat.commands.prompt import main, read_st_chat
 from moechat.errors import PromptError
-from moechat.prompt import Message
+from moechat.prompt.assemble import Message
 
 CARD = {
     "spec": "chara_card_v2",
@@ -96,7 +96,7 @@ def test_bad_history_and_unknown_format_are_prompt_errors(files: tuple[Path, Pat
         main([str(card), "--format", "mistral"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("moechat.engine") is None, reason="no moechat.engine")
+@pytest.mark.skipif(importlib.util.find_spec("moechat.engine.engine") is None, reason="no moechat.engine")
 def test_model_tokenizer_counts_and_picks_the_template(
     files: tuple[Path, Path], tiny_moe_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,10 +10,10 @@ import pytest
 
 from moechat.__main__ import main as cli
 from moechat.commands.inspect import format_provenance
-from moechat.frankenmoe import build_moe
-from moechat.mergekit_config import parse_config
-from moechat.provenance import gate_provenance, layer_gates
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.moe.frankenmoe import build_moe
+from moechat.moe.mergekit_config import parse_config
+from moechat.moe.provenance import gate_provenance, layer_gates
 
 S = math.sqrt(0.5)
 # rows, expected (dead, collinear pairs, condition, degenerate)

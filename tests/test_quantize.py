@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from moechat import fidelity
 from moechat.commands import quantize as quantize_command
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.quantize import check_routers, default_output, ftype_of, quantize
+from moechat.engine.types import Sampling
 from moechat.errors import EngineError
-from moechat.gguf_info import open_reader, read_info
-from moechat.quantize import check_routers, default_output, ftype_of, quantize
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.gguf.info import open_reader, read_info
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.moe import fidelity
 
 SPEC = TinySpec(n_embd=256, n_ff=512, n_heads=4, n_kv_heads=4, n_layers=2, seed=21, name="tiny256")
 SHORT_TEXTS = ("Once upon a time, the knight said hello.", "def f(x):\n    return x + 1\n")

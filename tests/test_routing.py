@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from moechat import routing
-from moechat.paths import cross_layer_agreement, routing_paths
-from moechat.summary import badge, short_name, short_names, summarize
+from moechat.routing import metrics as routing
+from moechat.routing.paths import cross_layer_agreement, routing_paths
+from moechat.routing.summary import badge, short_name, short_names, summarize
 
 NAN = math.nan
 

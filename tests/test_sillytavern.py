@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moechat import sillytavern
+from moechat.chatfiles import sillytavern
 from moechat.errors import StoreError
-from moechat.store import Store
-from moechat.store_records import GenStats, RoutingRecord
+from moechat.store.records import GenStats, RoutingRecord
+from moechat.store.store import Store
 
 DATA = Path(__file__).parent / "data"
 

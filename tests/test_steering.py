@@ -8,13 +8,15 @@ import gguf
 import numpy as np
 import pytest
 
-from moechat.engine import Engine, Sampling
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling
 from moechat.errors import EngineError
-from moechat.frankenmoe import build_moe, raw_bytes
-from moechat.gguf_info import field, open_reader, read_info
-from moechat.mergekit_config import parse_config
-from moechat.steering import SOLO_KEY, solo_expert_gguf, steering_label, top1_engine
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.gguf.info import field, open_reader, read_info
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.gguf.write import raw_bytes
+from moechat.moe.frankenmoe import build_moe
+from moechat.moe.mergekit_config import parse_config
+from moechat.moe.steering import SOLO_KEY, solo_expert_gguf, steering_label, top1_engine
 
 GREEDY = Sampling(temperature=0, max_tokens=12)
 PROMPT = "Once upon a time, the knight"
@@ -87,7 +89,7 @@ def test_solo_file_is_cached_and_keyed_by_input(tiny_models: dict[str, Path], tm
 
 def test_solo_quantized_experts_stay_quantized(twin_moe: tuple[Path, Path], tmp_path: Path) -> None:
     q8 = tmp_path / "twin.Q8_0.gguf"
-    from moechat.quantize import quantize
+    from moechat.engine.quantize import quantize
 
     quantize(twin_moe[1], q8, "Q8_0")
     solo_t = tensors(solo_expert_gguf(q8, 0, tmp_path))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from moechat.errors import StoreError
-from moechat.store import DB_NAME, Store
-from moechat.store_records import GenStats, RoutingRecord
-from moechat.store_schema import MIGRATIONS
+from moechat.store.records import GenStats, RoutingRecord
+from moechat.store.schema import MIGRATIONS
+from moechat.store.store import DB_NAME, Store
 
 CARD = '{"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Sera", "x": [1, 2.50]}}'
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moechat.store import DB_NAME, Store
+from moechat.store.store import DB_NAME, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 STREAMER = """
 import sys
 import numpy as np
-from moechat.store import Store
-from moechat.store_records import RoutingRecord
+from moechat.store.store import Store
+from moechat.store.records import RoutingRecord
 store = Store.open(sys.argv[1])
 chat = store.create_chat(store.add_character("Sera", "{}").id)
 user = store.add_message(chat.id, "user", "hello", name="You")
@@ -39,8 +39,8 @@ while True:
 
 IMPORTER = """
 import sys
-from moechat import sillytavern
-from moechat.store import Store
+from moechat.chatfiles import sillytavern
+from moechat.store.store import Store
 store = Store.open(sys.argv[1])
 chat, _ = sillytavern.read_file(sys.argv[2])
 while True:

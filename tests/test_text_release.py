@@ -2,7 +2,7 @@
 
 import pytest
 
-from moechat.text_release import TextReleaser
+from moechat.engine.text_release import TextReleaser
 
 
 def run(pieces: list[bytes], stops: tuple[str, ...] = ()) -> tuple[list[str], bool, str]:

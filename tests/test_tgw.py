@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from moechat import tgw
+from moechat.chatfiles import tgw
 from moechat.errors import StoreError
-from moechat.store import Store
+from moechat.store.store import Store
 
 DATA = Path(__file__).parent / "data"
 AQUA = DATA / "tgw_Aqua" / "20260503-10-00-00.json"

@@ -18,8 +18,8 @@ import json
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PWTimeout
 
-from moechat.cards import Card, card_bytes
-from moechat.tiny_gguf import TinySpec, write_tiny_gguf
+from moechat.cards.card import Card, card_bytes
+from moechat.gguf.tiny import TinySpec, write_tiny_gguf
 from tests.app_server import ARGS, CHROMIUM, AppServer
 
 pytestmark = pytest.mark.browser

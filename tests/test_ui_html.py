@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from moechat.summary import summarize
-from moechat.ui_html import (
+from moechat.routing.summary import summarize
+from moechat.ui.html import (
     card_markdown,
     chat_message,
     context_html,
@@ -13,7 +13,7 @@ from moechat.ui_html import (
     token_texts_from_offsets,
     tokens_html,
 )
-from moechat.ui_routing import Shown, parse_layer
+from moechat.ui.routing import Shown, parse_layer
 
 HOSTILE = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", '" onmouseover="alert(1)', "&amp;<b>"]
 
@@ -102,8 +102,8 @@ def test_shown_aligned_pads_missing_rows_and_parse_layer() -> None:
 
 
 def test_live_reply_renders_only_new_tokens_and_matches_the_full_view() -> None:
-    from moechat.ui_live import LiveReply
-    from moechat.ui_routing import Model
+    from moechat.ui.live import LiveReply
+    from moechat.ui.routing import Model
 
     model = Model(("Xwin", "Pygmalion"), 2, 2)
     texts, probs = ["a", "<b>", "c", "\n"], _probs(4)
@@ -117,8 +117,8 @@ def test_live_reply_renders_only_new_tokens_and_matches_the_full_view() -> None:
 
 
 def test_steered_label_and_gpu_note() -> None:
-    from moechat.engine import LoadReport
-    from moechat.ui_html import gpu_note
+    from moechat.engine.types import LoadReport
+    from moechat.ui.html import gpu_note
 
     body = chat_message("assistant", "hi", swipe=(1, 2), label="solo: <Xwin>")["content"][0]["text"]
     assert "swipe 2/2" in body and "solo: &lt;Xwin&gt;" in body
@@ -127,7 +127,7 @@ def test_steered_label_and_gpu_note() -> None:
 
 
 def test_markdown_images_in_untrusted_text_are_never_fetched():
-    from moechat.ui_html import card_markdown, display_text
+    from moechat.ui.html import card_markdown, display_text
 
     shown = display_text("look ![pixel](https://evil.example/p.png) and [a link](https://example.org)")
     assert "![" not in shown and "!\\[pixel]" in shown

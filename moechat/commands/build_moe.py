@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from moechat.frankenmoe import build_from_file
+from moechat.moe.frankenmoe import build_from_file
 
 
 def main(argv: list[str]) -> int:

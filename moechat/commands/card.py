@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from moechat.cards import read_card, write_card
+from moechat.cards.card import read_card, write_card
 from moechat.errors import CardError
 
 USAGE = """usage: python -m moechat card show FILE

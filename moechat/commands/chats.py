@@ -8,10 +8,11 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from moechat import markdown_export, sillytavern, tgw
+from moechat.chatfiles import markdown as markdown_export
+from moechat.chatfiles import sillytavern, tgw
 from moechat.errors import StoreError
-from moechat.store import Store
-from moechat.store_records import ImportedChat, SkippedLine
+from moechat.store.records import ImportedChat, SkippedLine
+from moechat.store.store import Store
 
 
 def default_data_dir() -> Path:

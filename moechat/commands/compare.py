@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moechat.fidelity import FidelityReport, compare_models, write_html, write_json
+from moechat.moe.fidelity import FidelityReport, compare_models, write_html, write_json
 
 
 def main(argv: list[str]) -> int:

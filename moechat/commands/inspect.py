@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from moechat.provenance import COLLINEAR_COS, MERGEKIT_COND, LayerGates, Provenance, gate_provenance
+from moechat.moe.provenance import COLLINEAR_COS, MERGEKIT_COND, LayerGates, Provenance, gate_provenance
 
 MAX_NORM_COLUMNS = 8
 

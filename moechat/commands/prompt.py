@@ -10,11 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from moechat import macros
-from moechat.cards import Card, read_card
+from moechat.cards import macros
+from moechat.cards.card import Card, read_card
 from moechat.errors import PromptError
-from moechat.formats import Format, Mode, default_format, format_names, get_format
-from moechat.prompt import Budget, Message, Persona, Prompt, build, estimate_tokens
+from moechat.prompt.assemble import Budget, Message, Persona, Prompt, build, estimate_tokens
+from moechat.prompt.formats import Format, Mode, default_format, format_names, get_format
 
 DEFAULT_CONTEXT = 4096
 
@@ -67,7 +67,7 @@ def _budget(args: argparse.Namespace, context: int) -> Budget:
 
 def _with_model(args: argparse.Namespace, card: Card, history: list[Message], persona: Persona) -> int:
     """Count with the model's tokenizer; the format defaults from its name and chat template."""
-    from moechat.engine import Engine  # llama.cpp loads only when asked for
+    from moechat.engine.engine import Engine  # llama.cpp loads only when asked for
 
     with Engine.load(args.model, n_ctx=args.context or 0, capture="off") as engine:
         info = engine.info
@@ -81,7 +81,7 @@ def _with_model(args: argparse.Namespace, card: Card, history: list[Message], pe
 
 def _token_text(path: Path, token_id: int | None, default: str) -> str:
     """A special token's text (BOS/EOS) from the GGUF's vocabulary, for rendering its chat template."""
-    from moechat.gguf_info import field, open_reader
+    from moechat.gguf.info import field, open_reader
 
     tokens = field(open_reader(path), "tokenizer.ggml.tokens", [])
     return str(tokens[token_id]) if token_id is not None and 0 <= token_id < len(tokens) else default
@@ -98,7 +98,7 @@ def _build(
 ) -> Prompt:
     lore: list = []
     if card.character_book is not None:
-        from moechat.lorebook import select
+        from moechat.cards.lorebook import select
 
         lore = select(card.character_book, [m.text for m in history], count or estimate_tokens).fired
     return build(card, history, fmt=fmt, persona=persona, lore=lore, budget=budget, count_tokens=count, mode=mode)

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from moechat.commands.compare import add_output_flags, emit
-from moechat.fidelity import compare_models
-from moechat.quantize import default_output, quantize
+from moechat.engine.quantize import default_output, quantize
+from moechat.moe.fidelity import compare_models
 
 
 def main(argv: list[str]) -> int:

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from moechat.engine import Engine, Sampling, Token
-from moechat.gguf_info import expert_labels
+from moechat.engine.engine import Engine
+from moechat.engine.types import Sampling, Token
+from moechat.gguf.info import expert_labels
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,0 +1,1 @@
+"""Chat files of other apps: SillyTavern JSONL, text-generation-webui JSON, Markdown export."""

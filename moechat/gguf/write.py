@@ -1,0 +1,79 @@
+"""Writing GGUF files tensor by tensor from planned raw bytes, so no model is ever held whole in memory.
+
+A `Planned` tensor knows its GGML type, its shape in numpy order with the bytes of one row last, and how to make
+its bytes when their turn comes; `write_gguf` writes beside the destination and renames into place, so the
+destination is either complete or untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+VT = gguf.GGUFValueType
+KeyValue = tuple[str, Any, VT, VT | None]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One output tensor: its GGML type, its shape in numpy order with bytes last, and how to make the bytes."""
+
+    name: str
+    qtype: gguf.GGMLQuantizationType
+    byte_shape: tuple[int, ...]
+    make: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.byte_shape))
+
+
+def raw_bytes(tensor: gguf.ReaderTensor) -> np.ndarray:
+    """A tensor's data exactly as stored: uint8, numpy order, bytes of one row last."""
+    return np.asarray(tensor.data).view(np.uint8)
+
+
+def write_gguf(out: Path, kvs: list[KeyValue], plan: list[Planned], progress: bool) -> None:
+    """Write to a temporary file beside `out`, then rename: `out` is either complete or untouched."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        writer = gguf.GGUFWriter(tmp, "llama")
+        for key, value, vtype, sub in kvs:
+            if key == "general.alignment":
+                writer.data_alignment = int(value)
+            writer.add_key_value(key, value, vtype, sub_type=sub)
+        for p in plan:
+            writer.add_tensor_info(p.name, p.byte_shape, np.dtype(np.uint8), p.nbytes, raw_dtype=p.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        bar = _bar(sum(p.nbytes for p in plan), progress)
+        for p in plan:
+            writer.write_tensor_data(p.make())
+            bar.update(p.nbytes)
+        bar.close()
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _bar(total: int, on: bool) -> Any:
+    if not on:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="writing", unit="B", unit_scale=True)

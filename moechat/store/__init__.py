@@ -1,0 +1,1 @@
+"""Persistent chats in SQLite: the only package that imports sqlite3."""

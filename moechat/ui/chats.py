@@ -1,0 +1,144 @@
+"""The chats of the selected character: open one, start a new one (with the card's greetings as swipes),
+rename, delete, branch at the selected message, and export (SillyTavern JSONL or Markdown).
+
+`open` returns ChatUI.OUTPUTS followed by (chat picker, character info, chat title)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import gradio as gr
+
+from moechat import chat
+from moechat.chatfiles.markdown import to_markdown
+from moechat.chatfiles.sillytavern import to_jsonl
+from moechat.errors import MoechatError
+from moechat.library import avatar_file, card_of
+from moechat.store.records import ChatInfo
+from moechat.ui.chat import ChatUI, skip_all
+from moechat.ui.html import card_markdown
+from moechat.ui.session import Session
+
+N_EXTRA = 3
+
+
+def chat_label(c: ChatInfo) -> str:
+    when = dt.datetime.fromtimestamp(c.updated).strftime("%Y-%m-%d %H:%M")
+    return f"{c.title or 'chat ' + str(c.id)} · {c.message_count} messages · {when}"
+
+
+class ChatList:
+    def __init__(self, chat_ui: ChatUI, data_dir: Path, exports: Path) -> None:
+        self.ui, self.data_dir, self.exports = chat_ui, data_dir, exports
+
+    def _store(self, session: Session):
+        return self.ui.stores.get(session.owner)
+
+    def skip(self) -> tuple:
+        return (*skip_all(), *(gr.skip() for _ in range(N_EXTRA)))
+
+    def open(self, session: Session, chat_id: int | None, new_if_none: bool = False, user_name: str = "You"):
+        """Show chat_id (or a new chat of session.character_id when None and new_if_none)."""
+        store = self._store(session)
+        try:
+            if chat_id is None and new_if_none and session.character_id is not None:
+                chat_id = chat.start_chat(store, session.character_id, user_name=user_name)
+            if chat_id is not None:
+                session.character_id = store.chat(chat_id).character_id
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return self.skip()
+        session.chat_id, session.selected, session.shown = chat_id, None, None
+        views = list(self.ui.views(session))
+        avatar = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
+        views[1] = gr.Chatbot(value=views[1], avatar_images=(None, avatar))
+        return (*views, self.picker(session), self.info(session), self.title(session))
+
+    def picker(self, session: Session):
+        if session.character_id is None:
+            return gr.Dropdown(choices=[], value=None)
+        chats = self._store(session).chats(session.character_id)
+        return gr.Dropdown(choices=[(chat_label(c), c.id) for c in chats], value=session.chat_id)
+
+    def info(self, session: Session) -> str:
+        if session.character_id is None:
+            return "Pick a character in the gallery to start."
+        card = card_of(self._store(session), self.data_dir, session.character_id)
+        return card_markdown(card.name, card.tags, card.creator_notes, card.creator)
+
+    def title(self, session: Session) -> str:
+        return self._store(session).chat(session.chat_id).title if session.chat_id is not None else ""
+
+    # ---- events -----------------------------------------------------------------------------------------
+    def pick(self, session: Session, chat_id: int | None):
+        if chat_id is None or chat_id == session.chat_id:
+            return self.skip()
+        return self.open(session, int(chat_id))
+
+    def new(self, session: Session, user_name: str = "You"):
+        if session.character_id is None:
+            gr.Warning("Pick a character first.")
+            return self.skip()
+        return self.open(session, None, new_if_none=True, user_name=user_name or "You")
+
+    def rename(self, session: Session, title: str):
+        if session.chat_id is None:
+            return self.skip()
+        try:
+            self._store(session).update_chat(session.chat_id, title=title.strip())
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+        return self.open(session, session.chat_id)
+
+    def delete(self, session: Session):
+        if session.chat_id is None:
+            return self.skip()
+        store = self._store(session)
+        try:
+            store.delete_chat(session.chat_id)
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return self.skip()
+        rest = store.chats(session.character_id) if session.character_id is not None else []
+        return self.open(session, rest[0].id if rest else None)
+
+    def branch(self, session: Session):
+        """A new chat with the messages up to the selected one (or the whole chat)."""
+        if session.chat_id is None or not session.message_ids:
+            return self.skip()
+        at = session.selected if session.selected in session.message_ids else session.message_ids[-1]
+        try:
+            new = self._store(session).branch(session.chat_id, at)
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return self.skip()
+        gr.Info("Branched: you are now in the new chat.")
+        return self.open(session, new.id)
+
+    def export(self, session: Session, fmt: str) -> str | None:
+        """The open chat as a SillyTavern JSONL file (every swipe, routing summaries under extra.moechat) or as
+        Markdown, for download."""
+        if session.chat_id is None:
+            gr.Warning("Open a chat first.")
+            return None
+        store = self._store(session)
+        info, messages = store.chat(session.chat_id), store.messages(session.chat_id)
+        if fmt == "jsonl":
+            routing = {s.id: r for m in messages for s in m.swipes if s.has_routing and (r := store.routing(s.id))}
+            body = to_jsonl(info, messages, routing)
+        else:
+            body = to_markdown(info, messages)
+        folder = self.exports / f"chats-{hashlib.sha256(session.owner.encode()).hexdigest()[:16]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in info.character_name)[:40] or "chat"
+        path = folder / f"{safe}-chat-{info.id}.{'jsonl' if fmt == 'jsonl' else 'md'}"
+        path.write_text(body, encoding="utf-8")
+        return str(path)
+
+    def export_jsonl(self, session: Session) -> str | None:
+        return self.export(session, "jsonl")
+
+    def export_markdown(self, session: Session) -> str | None:
+        return self.export(session, "md")

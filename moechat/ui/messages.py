@@ -1,0 +1,86 @@
+"""Acting on one message of the open chat: select it (its routing is shown), edit, delete, hide it from the
+model, swipe the last reply left or right, and pick the layer the tokens are coloured by. Store calls only."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from moechat.errors import MoechatError
+from moechat.ui.chat import ChatUI, skip_all
+from moechat.ui.routing import parse_layer, token_view
+from moechat.ui.session import Session
+
+
+class MessageActions:
+    def __init__(self, chat_ui: ChatUI) -> None:
+        self.ui = chat_ui
+
+    def _store(self, session: Session):
+        return self.ui.stores.get(session.owner)
+
+    def select(self, session: Session, evt: gr.SelectData) -> tuple:
+        """Show the clicked message's routing; load its text into the edit box. Returns OUTPUTS + (text, hidden)."""
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        if not 0 <= index < len(session.message_ids):
+            return (*skip_all(), gr.skip(), gr.skip())
+        session.selected = session.message_ids[index]
+        message = self._store(session).message(session.selected)
+        return (*self.ui.views(session), message.text, message.hidden)
+
+    def _selected_or_warn(self, session: Session) -> int | None:
+        if session.selected is None or session.selected not in session.message_ids:
+            gr.Warning("Click a message in the chat first.")
+            return None
+        return session.selected
+
+    def _act(self, session: Session, action) -> tuple:
+        message_id = self._selected_or_warn(session)
+        if message_id is None:
+            return skip_all()
+        try:
+            action(self._store(session), message_id)
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return skip_all()
+        return self.ui.views(session)
+
+    def save_edit(self, session: Session, text: str) -> tuple:
+        return self._act(session, lambda store, mid: store.edit_message(mid, text))
+
+    def delete(self, session: Session) -> tuple:
+        def drop(store, mid: int) -> None:
+            store.delete_message(mid)
+            session.selected = None
+
+        return self._act(session, drop)
+
+    def set_hidden(self, session: Session, hidden: bool) -> tuple:
+        return self._act(session, lambda store, mid: store.set_hidden(mid, bool(hidden)))
+
+    def swipe(self, session: Session, delta: int) -> tuple:
+        """Step the last reply's swipes (← -1, → +1, wrapping); regenerate makes a new one."""
+        if not session.message_ids:
+            return skip_all()
+        store, last = self._store(session), session.message_ids[-1]
+        try:
+            message = store.message(last)
+            if message.role != "assistant":
+                gr.Warning("The last message is yours: there is no reply to swipe.")
+                return skip_all()
+            store.step_swipe(last, delta)
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return skip_all()
+        session.selected = last
+        return self.ui.views(session)
+
+    def swipe_left(self, session: Session) -> tuple:
+        return self.swipe(session, -1)
+
+    def swipe_right(self, session: Session) -> tuple:
+        return self.swipe(session, +1)
+
+    def layer(self, session: Session, choice: str) -> tuple:
+        """Colour tokens by one layer or the mean: returns (session, tokens HTML)."""
+        session.layer = parse_layer(choice)
+        return session, token_view(session.shown, self.ui.model, session.layer)

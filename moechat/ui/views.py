@@ -1,0 +1,145 @@
+"""The chat's views built from the store (no streaming here): the chatbot value, the routing panel of the
+selected message, the user's message routing, the drift figure and the model panel.
+
+Store reads happen on chat switch, after a turn and after an edit; never while a reply streams. Each swipe's
+routing summary (badge, drift share) is computed once per session and cached: routing never changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from moechat.engine.engine import Engine
+from moechat.gguf.info import expert_labels
+from moechat.models.slot import ModelSlot
+from moechat.plots import drift_figure
+from moechat.routing import summary
+from moechat.store.records import Message
+from moechat.ui.html import chat_message, model_markdown
+from moechat.ui.routing import Model, Shown, heatmap, metrics_view, share_bars, stored_view, token_view
+from moechat.ui.session import Session, StopFlags, Stores
+
+N_OUT = 10  # session, chatbot, tokens, heatmap, bars, metrics, user tokens, drift, context, model panel
+
+
+def skip_all() -> tuple:
+    return tuple(gr.skip() for _ in range(N_OUT))
+
+
+def model_of(engine: Engine) -> Model:
+    info = engine.info
+    return Model(expert_labels(info), info.n_layers, info.n_experts_used)
+
+
+class ChatViews:
+    def __init__(self, slot: ModelSlot, stores: Stores, flags: StopFlags, data_dir: Path) -> None:
+        self.slot, self.stores, self.flags, self.data_dir = slot, stores, flags, data_dir
+        self._model: tuple[int, Model] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        return self.slot.get()
+
+    @property
+    def model(self) -> Model:
+        """The current model's shape and expert names (recomputed after a model switch)."""
+        if self._model is None or self._model[0] != self.slot.generation:
+            self._model = (self.slot.generation, model_of(self.engine))
+        return self._model[1]
+
+    # ---- chatbot ----------------------------------------------------------------------------------------
+    def messages(self, session: Session) -> list[Message]:
+        if session.chat_id is None:
+            return []
+        return self.stores.get(session.owner).messages(session.chat_id)
+
+    def display(self, session: Session, messages: list[Message] | None = None) -> list[dict]:
+        """The chat as gr.Chatbot messages; also refreshes session.message_ids."""
+        messages = self.messages(session) if messages is None else messages
+        session.message_ids = [m.id for m in messages]
+        name = self.engine.info.name
+        return [self.bubble(session, m, name) for m in messages]
+
+    def bubble(self, session: Session, m: Message, model_name: str) -> dict:
+        label = m.current.stats.model if m.role == "assistant" else ""
+        shown_label = label if label and label != model_name else ""
+        s = self.summary(session, m)
+        return chat_message(
+            m.role, m.text, badge=s.badge if s else "", swipe=(m.swipe_index, len(m.swipes)), hidden=m.hidden,
+            label=shown_label,
+        )  # fmt: skip
+
+    def summary(self, session: Session, m: Message) -> summary.Summary | None:
+        """The routing summary of a reply's current swipe (cached per swipe), None without routing."""
+        key = m.current.id
+        if key not in session.summaries:
+            session.summaries[key] = self._summarize(session, m)
+        return session.summaries[key]
+
+    def _summarize(self, session: Session, m: Message) -> summary.Summary | None:
+        if m.role != "assistant" or not m.current.has_routing:
+            return None
+        record = self.stores.get(session.owner).routing(m.current.id)
+        if record is None or record.probs.shape[-1] < 1:
+            return None
+        names = expert_labels_for(record.probs.shape[-1], self.model)
+        s = summary.summarize(record.probs.astype(np.float32), names)
+        return s if s.n_tokens else None
+
+    # ---- every view -------------------------------------------------------------------------------------
+    def views(self, session: Session, *, reload_shown: bool = True) -> tuple:
+        """Every chat output from the store (on chat switch, after a turn or an edit)."""
+        messages = self.messages(session)
+        chatbot = self.display(session, messages)
+        if reload_shown:
+            session.shown = self._stored_shown(session, messages)
+        user = next((m for m in reversed(messages) if m.role == "user"), None)
+        user_shown = self._stored(session, user) if user else None
+        return (
+            session,
+            chatbot,
+            *self.routing_views(session),
+            token_view(user_shown, self.model, session.layer),
+            self.drift(session, messages),
+            gr.skip(),
+            self.model_panel(session),
+        )
+
+    def drift(self, session: Session, messages: list[Message]):
+        shares, labels = [], []
+        n = len(self.model.expert_names)
+        for m in messages:
+            s = self.summary(session, m)
+            if s is not None and len(s.share) == n:
+                shares.append(s.share)
+                labels.append(f"{m.name}: {m.text[:40]}")
+        return drift_figure(np.array(shares), self.model.expert_names, labels) if shares else None
+
+    def _stored_shown(self, session: Session, messages: list[Message]) -> Shown | None:
+        by_id = {m.id: m for m in messages}
+        target = by_id.get(session.selected) or next((m for m in reversed(messages) if m.role == "assistant"), None)
+        return self._stored(session, target) if target is not None else None
+
+    def _stored(self, session: Session, message: Message) -> Shown | None:
+        return stored_view(self.stores.get(session.owner), message, self.model, self._piece)
+
+    def _piece(self, token_id: int) -> str:
+        return self.engine.piece(token_id).decode("utf-8", "replace")
+
+    def routing_views(self, session: Session, figures: bool = True) -> tuple:
+        """tokens HTML, heatmap, share bars, metrics of session.shown."""
+        shown = session.shown
+        figs = (heatmap(shown, self.model), share_bars(shown, self.model)) if figures else (gr.skip(), gr.skip())
+        return (token_view(shown, self.model, session.layer), *figs, metrics_view(shown, self.model))
+
+    def model_panel(self, session: Session) -> str:
+        engine = self.engine
+        return model_markdown(engine.info, engine.report, session.last_rate)
+
+
+def expert_labels_for(n: int, model: Model) -> tuple[str, ...]:
+    """The current model's expert names when a record has its shape, else generic ones (an older model's)."""
+    return model.expert_names if len(model.expert_names) == n else tuple(f"expert {i}" for i in range(n))
