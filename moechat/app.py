@@ -1,5 +1,6 @@
-"""moechat's app: `python app.py` or `moechat-app` [--model PATH|owner/repo[:QUANT]|pygwin|demo] [--port N] ...` (see --help).
-Wiring only: settings -> model (hub.resolve_model) -> model slot -> store -> bundled characters -> ui -> launch."""
+"""moechat's app: `python app.py` or `moechat-app`, with [--model PATH|owner/repo[:QUANT]|pygwin|demo] [--port N]
+(see --help). Wiring only: settings -> model (hub.resolve_model) -> model slot -> store -> bundled characters -> ui ->
+launch."""
 
 from __future__ import annotations
 
