@@ -39,7 +39,7 @@ REQUIRED_DATA = (
     "extensions",
     "group_only_greetings",
 )
-PACKAGE_CHARACTERS = Path(__file__).resolve().parent.parent / "characters"
+PACKAGE_CHARACTERS = Path(__file__).resolve().parents[2] / "characters"
 
 
 class Card(BaseModel):

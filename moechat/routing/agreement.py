@@ -1,7 +1,7 @@
 """Agreement between two routing runs on the same token sequence (pure numpy).
 
 Two runs (quantizations, seeds, GPU vs CPU) teacher-forced on the same tokens give probs_a, probs_b [T, L, E].
-Run a is the reference. Per layer, over the positions routed in both runs (../shared/ROUTING.md, "Metrics"):
+Run a is the reference. Per layer, over the positions routed in both runs (docs/routing.md, "Metrics"):
 top-1 agreement, Cohen's kappa with p_e = sum_i F_a[l, i] F_b[l, i], mean |p_a - p_b|, and the Pearson
 correlation of the logit margins.
 """

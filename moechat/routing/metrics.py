@@ -1,4 +1,4 @@
-"""Router decisions as numpy arrays, and the metrics of ../shared/ROUTING.md (pure numpy).
+"""Router decisions as numpy arrays, and the metrics of docs/routing.md (pure numpy).
 
 Shapes: one token's routing is probs [layers, experts] and experts [layers, k]; a sequence stacks
 them to [tokens, layers, experts] and [tokens, layers, k].

@@ -1,7 +1,7 @@
 """Routing across layers: which layers vote together (G[l, m]) and the paths tokens take (pure numpy).
 
 A token's routing path is the string of its first-choice experts at every layer, layer 0 first: with 2 experts
-the L-bit string of ../shared/ROUTING.md ("0110..."). Experts 0-35 are written as one character each (0-9, a-z);
+the L-bit string of docs/routing.md ("0110..."). Experts 0-35 are written as one character each (0-9, a-z);
 with more experts the ids are joined by ".".
 """
 
