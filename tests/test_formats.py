@@ -1,4 +1,4 @@
-"""Exact prompt strings per format (FORMATS.md §3), hand-written: a card with examples and a 4-message
+"""Exact prompt strings per format (docs/formats.md §3), hand-written: a card with examples and a 4-message
 chat, an empty card, continue/impersonate endings, stop strings, and the embedded Jinja template."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Lorebook selection (FORMATS §2.6): one table of hand-derived cases per rule."""
+"""Lorebook selection (docs/formats.md §2.6): one table of hand-derived cases per rule."""
 
 import time
 from typing import Any

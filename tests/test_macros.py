@@ -1,4 +1,4 @@
-"""Macros (FORMATS §3.4) and example-dialogue splitting (§3.5), with hand-derived expected results."""
+"""Macros (docs/formats.md §3.4) and example-dialogue splitting (§3.5), with hand-derived expected results."""
 
 import random
 

@@ -1,4 +1,4 @@
-"""CHARX card container (FORMATS.md §2.4): a zip with `card.json` at the root and assets beside it.
+"""CHARX card container (docs/formats.md §2.4): a zip with `card.json` at the root and assets beside it.
 
 Reading checks the declared sizes against the size limit before inflating anything (zip bombs) and
 reads every member with a hard cap. Writing is deterministic (fixed timestamps, sorted members).

@@ -1,7 +1,7 @@
 """Lorebooks (V2 `character_book`, V3 `lorebook_v3`): a lossless model and a pure `select()`.
 
 `select(book, messages, count_tokens)` answers which entries fire for a chat, on which key, in which
-order and position, and which were dropped for the token budget (FORMATS.md §2.6, ST's behaviour).
+order and position, and which were dropped for the token budget (docs/formats.md §2.6, ST's behaviour).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""V3 lorebook entry decorators: `@@name value` lines at the top of an entry's content (FORMATS §2.6).
+"""V3 lorebook entry decorators: `@@name value` lines at the top of an entry's content (docs/formats.md §2.6).
 
 Supported: `@@depth`, `@@position`, `@@activate`, `@@dont_activate`, `@@role`, `@@scan_depth`; others are
 stripped from the inserted text but kept in the stored entry. `@@@` lines are fallbacks, used only when

@@ -1,4 +1,4 @@
-"""Pure text macros of character cards (FORMATS.md §3.4) and example-dialogue splitting (§3.5).
+"""Pure text macros of character cards (docs/formats.md §3.4) and example-dialogue splitting (§3.5).
 
 All macros are case-insensitive. `substitute` handles `{{char}}`/`<BOT>`/`<CHAR>`, `{{user}}`/`<USER>`,
 `{{original}}` and the V3 "CBS" set: `{{random:a,b}}` (`\\,` escapes a comma; ST's `{{random::a::b}}`

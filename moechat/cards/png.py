@@ -1,4 +1,4 @@
-"""PNG card container (FORMATS.md §2.5) with Pillow: read `ccv3` then `chara` text chunks, write both.
+"""PNG card container (docs/formats.md §2.5) with Pillow: read `ccv3` then `chara` text chunks, write both.
 
 Values are base64 of UTF-8 JSON in `tEXt` chunks. Reading checks the image size before decoding pixels
 and turns Pillow's decompression-bomb warning/error (and every other Pillow failure) into CardError.

@@ -1,4 +1,4 @@
-"""SillyTavern chat files (.jsonl, ../shared/FORMATS.md §2.7): read into ImportedChat, write from store records.
+"""SillyTavern chat files (.jsonl, docs/formats.md §2.7): read into ImportedChat, write from store records.
 
 Lossless round trip: each imported line is kept (ImportedMessage.source, with `mes`/`swipes`/`swipe_info`
 replaced by null placeholders that keep key order), each swipe_info entry too, and the header; writing

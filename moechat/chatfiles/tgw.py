@@ -1,4 +1,4 @@
-"""text-generation-webui chat history JSON (../shared/FORMATS.md §2.8) read into ImportedChat (pure).
+"""text-generation-webui chat history JSON (docs/formats.md §2.8) read into ImportedChat (pure).
 
 `internal` (what the model saw) is preferred over `visible` (HTML-escaped); legacy `data`/`data_visible`
 files are read the same way. `metadata["<role>_<row>"]["versions"]` become swipes; the greeting row is

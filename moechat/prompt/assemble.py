@@ -1,4 +1,4 @@
-"""Prompt assembly (FORMATS.md §3): card, persona, lore, examples and history become the exact text the
+"""Prompt assembly (docs/formats.md §3.6): card, persona, lore, examples and history become the exact text the
 model sees, its stop strings and a report of what fit the token budget.
 
 Order: system prompt (a card's `system_prompt` replaces the global one, `{{original}}` inserts it),

@@ -1,4 +1,4 @@
-"""Prompt formats as data (FORMATS.md §3) and their rendering: a list of `Turn`s becomes prompt text.
+"""Prompt formats as data (docs/formats.md §3) and their rendering: a list of `Turn`s becomes prompt text.
 
 A `Format` is the strings around each role, whether speaker names are written (`You: hi`), whether the
 format has system turns mid-chat (else they are folded into the nearest user turn), where example
