@@ -151,11 +151,21 @@ def metadata(base: Source, config: MoEConfig, config_text: str) -> Iterator[tupl
         yield key, *value
 
 
-def write_gguf(out: Path, kvs: list[tuple[str, Any, VT, VT | None]], plan: list[Planned], progress: bool) -> None:
+def reader_kvs(reader: gguf.GGUFReader) -> Iterator[tuple[str, Any, VT, VT | None]]:
+    """(key, value, type, array item type) of every metadata key of `reader`, as write_gguf takes them; the keys
+    GGUFWriter writes itself (GGUF.*, general.architecture) are left out."""
+    for key, f in reader.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            yield key, f.contents(), f.types[0], f.types[-1] if f.types[0] == VT.ARRAY else None
+
+
+def write_gguf(
+    out: Path, kvs: list[tuple[str, Any, VT, VT | None]], plan: list[Planned], progress: bool, arch: str = "llama"
+) -> None:
     """Write to a temporary file beside `out`, then rename: `out` is either complete or untouched."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
+        writer = gguf.GGUFWriter(tmp, arch)
         for key, value, vtype, sub in kvs:
             if key == "general.alignment":
                 writer.data_alignment = int(value)
