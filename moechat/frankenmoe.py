@@ -160,9 +160,15 @@ def reader_kvs(reader: gguf.GGUFReader) -> Iterator[tuple[str, Any, VT, VT | Non
 
 
 def write_gguf(
-    out: Path, kvs: list[tuple[str, Any, VT, VT | None]], plan: list[Planned], progress: bool, arch: str = "llama"
+    out: Path,
+    kvs: list[tuple[str, Any, VT, VT | None]],
+    plan: list[Planned],
+    progress: bool,
+    arch: str = "llama",
+    desc: str = "writing",
 ) -> None:
-    """Write to a temporary file beside `out`, then rename: `out` is either complete or untouched."""
+    """Write to a temporary file beside `out`, then rename: `out` is either complete or untouched. `progress`: a
+    tqdm bar labelled `desc`."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
         writer = gguf.GGUFWriter(tmp, arch)
@@ -175,7 +181,7 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        bar = _bar(sum(p.nbytes for p in plan), progress)
+        bar = _bar(sum(p.nbytes for p in plan), progress, desc)
         for p in plan:
             writer.write_tensor_data(p.make())
             bar.update(p.nbytes)
@@ -193,12 +199,12 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _bar(total: int, on: bool) -> Any:
+def _bar(total: int, on: bool, desc: str = "writing") -> Any:
     if not on:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="writing", unit="B", unit_scale=True)
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True)
 
 
 def build_moe(

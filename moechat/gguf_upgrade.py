@@ -16,6 +16,7 @@ into place when complete. `ensure_stacked` does that once per source file into a
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def upgrade(src: str | Path, out: str | Path, *, progress: bool = True, free_byt
     plan = plan_stacked(reader, src.name)
     check_free_space(out.parent, output_size(reader, plan), free_bytes)
     arch = str(field(reader, "general.architecture"))
-    write_gguf(out, list(reader_kvs(reader)), plan, progress, arch=arch)
+    write_gguf(out, list(reader_kvs(reader)), plan, progress, arch=arch, desc=f"upgrading {src.name}")
     return out
 
 
@@ -175,10 +176,30 @@ def ensure_stacked(
     if out.is_file():
         return out, f"{src.name} uses the pre-2024 split-expert layout; using its stacked upgrade {out}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
     upgrade(src, out, progress=progress, free_bytes=free_bytes)
-    same_source = out.name.rsplit("-", 1)[0] + "-"
-    for stale in out.parent.iterdir():
-        if stale != out and stale.name.startswith(same_source) and stale.suffix == ".gguf":
-            stale.unlink(missing_ok=True)
     note = f"{src.name} uses the pre-2024 split-expert layout; upgraded once to {out} (stacked, no requantization)"
     return out, note
+
+
+def remove_stale(out: Path) -> None:
+    """Free the cache before an upgrade to `out`: upgrades of an older version of the same source file, and the
+    temporary files of upgrades whose process died (write_gguf names them .OUT.PID.partial)."""
+    same_source = out.name.rsplit("-", 1)[0] + "-"
+    for f in out.parent.iterdir():
+        older = f.name.startswith(same_source) and f.suffix == ".gguf" and f != out
+        orphan = f.name.startswith("." + same_source) and f.suffix == ".partial" and not _alive(f.name.split(".")[-2])
+        if older or orphan:
+            f.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True

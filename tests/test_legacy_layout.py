@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from moechat.engine import Engine, Sampling
 from moechat.errors import ConfigError, EngineError
 from moechat.frankenmoe import Planned, build_from_file, raw_bytes, reader_kvs, write_gguf
 from moechat.gguf_info import read_info
-from moechat.gguf_upgrade import CACHE_FOLDER, check_free_space, ensure_stacked, upgrade
+from moechat.gguf_upgrade import CACHE_FOLDER, cache_path, check_free_space, ensure_stacked, upgrade
 from moechat.steering import solo_expert_gguf, top1_engine
 from moechat.tiny_gguf import TinySpec, write_tiny_gguf
 
@@ -250,6 +252,19 @@ def test_upgrade_is_cached_by_source_identity(twins: dict, tmp_path: Path) -> No
     assert not first.exists()  # the old upgrade of this file is gone
     want = write_tiny_gguf(tmp_path / "twin.gguf", TinySpec(**{**SPEC.__dict__, "seed": 22}))
     assert third.read_bytes() == want.read_bytes()
+
+
+def test_a_killed_upgrade_leaves_nothing_that_blocks_the_next(twins: dict, tmp_path: Path) -> None:
+    split, data = twins["f32"][1], tmp_path / "data"
+    out = cache_path(split, data)
+    out.parent.mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = out.with_name(f".{out.name}.{int(done.stdout)}.partial")  # that process has exited
+    running = out.with_name(f".{out.name}.{os.getppid()}.partial")  # an upgrade still running elsewhere
+    for f in (dead, running):
+        f.write_bytes(b"half an upgrade")
+    assert ensure_stacked(split, data, progress=False)[0] == out
+    assert not dead.exists() and running.exists()
 
 
 def test_stacked_and_unreadable_files_pass_through(twins: dict, tmp_path: Path) -> None:
