@@ -62,8 +62,8 @@ def upgrade(src: str | Path, out: str | Path, *, progress: bool = True, free_byt
 
 
 def plan_stacked(reader: gguf.GGUFReader, name: str) -> list[Planned]:
-    """Every tensor of `reader` in its order, each layer's per-expert tensors replaced (where expert 0's stood) by
-    their stack. An incomplete set (an expert missing, shapes or types differing between experts) is an EngineError
+    """Every tensor of `reader` in its order, each layer's per-expert tensors replaced by their stack (where the first
+    of them stood). An incomplete set (an expert missing, shapes or types differing between experts) is an EngineError
     naming the tensor."""
     arch = field(reader, "general.architecture")
     n_experts = count_field(reader, Path(name), f"{arch}.expert_count")
