@@ -16,6 +16,7 @@ COMMANDS = {
     "chats": "import, list and export chats",
     "quantize": "quantize a GGUF keeping routers in float32, with a routing fidelity report",
     "compare": "routing fidelity report of two models of one shape",
+    "upgrade": "rewrite a pre-2024 split-expert MoE GGUF in the stacked layout llama.cpp loads today",
 }
 
 

@@ -29,5 +29,5 @@ def test_the_design_names_no_module_that_is_gone() -> None:
     import re
 
     named = set(re.findall(r"\b([a-z_]+/[a-z_]+\.py)\b", DESIGN))
-    stale = [n for n in sorted(named) if not (ROOT / "moechat" / n).exists()]
+    stale = [n for n in sorted(named) if not n.startswith("tests/") and not (ROOT / "moechat" / n).exists()]
     assert not stale, f"docs/design.md names modules that do not exist: {stale}"

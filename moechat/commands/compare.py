@@ -1,4 +1,4 @@
-"""`python -m moechat compare A.gguf B.gguf [--json OUT] [--html OUT]`: routing fidelity of B against A.
+"""`python -m moechat compare A B [--json OUT] [--html OUT]`: routing fidelity of B against A.
 
 Both models are teacher-forced on moechat's fixed text set (moechat.fidelity.TEXTS): per-layer top-1 agreement,
 Cohen's kappa, mean |Δp| and logit-margin correlation, then next-token agreement and KL divergence. The table goes
@@ -11,17 +11,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from moechat.commands.model_arg import add_data_dir_argument, add_model_argument, resolve_spec
 from moechat.moe.fidelity import FidelityReport, compare_models, write_html, write_json
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m moechat compare", description=__doc__)
-    parser.add_argument("model_a", help="the reference GGUF (e.g. the F16/F32 original)")
-    parser.add_argument("model_b", help="the GGUF to judge (e.g. a quantization of A): same shape and tokenizer")
+    add_model_argument(parser, "model_a", what="the reference model (e.g. the F16/F32 original)")
+    add_model_argument(
+        parser, "model_b", what="the model to judge (e.g. a quantization of A: same shape, same tokenizer)"
+    )
     add_output_flags(parser)
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
-    print(f"comparing {Path(args.model_b).name} to {Path(args.model_a).name} ...", file=sys.stderr)
-    report = compare_models(args.model_a, args.model_b, n_threads=args.threads)
+    path_a, path_b = resolve_spec(args.model_a, args.data_dir), resolve_spec(args.model_b, args.data_dir)
+    print(f"comparing {path_b.name} to {path_a.name} ...", file=sys.stderr)
+    report = compare_models(path_a, path_b, n_threads=args.threads)
     emit(report, args.json, args.html)
     return 0
 

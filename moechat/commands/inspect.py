@@ -1,13 +1,18 @@
-"""`python -m moechat inspect MODEL.gguf [--json]`: gate provenance of a MoE GGUF, as a table."""
+"""`python -m moechat inspect MODEL [--json]`: gate provenance of a MoE GGUF, as a table.
+
+Only the metadata and routers are read, so a pre-2024 split-expert file is inspected as it is (no upgrade)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 
 import numpy as np
 
+from moechat.commands.model_arg import add_data_dir_argument, add_model_argument, resolve_spec
+from moechat.gguf.info import expert_layout, open_reader
 from moechat.moe.provenance import COLLINEAR_COS, MERGEKIT_COND, LayerGates, Provenance, gate_provenance
 
 MAX_NORM_COLUMNS = 8
@@ -15,10 +20,14 @@ MAX_NORM_COLUMNS = 8
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m moechat inspect", description=__doc__)
-    parser.add_argument("model", help="a MoE GGUF file")
+    add_model_argument(parser, "model", what="the MoE model to inspect")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
-    prov = gate_provenance(args.model)
+    path = resolve_spec(args.model, args.data_dir, upgrade=False)
+    if expert_layout(open_reader(path)) == "split":
+        print(f"moechat: {path.name} uses the pre-2024 split-expert layout (routers read as stored)", file=sys.stderr)
+    prov = gate_provenance(path)
     print(json.dumps(to_json(prov), indent=1) if args.json else format_provenance(prov))
     return 0
 

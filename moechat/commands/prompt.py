@@ -12,6 +12,7 @@ from pathlib import Path
 
 from moechat.cards import macros
 from moechat.cards.card import Card, read_card
+from moechat.commands.model_arg import add_data_dir_argument, add_model_argument, resolve_spec
 from moechat.errors import PromptError
 from moechat.prompt.assemble import Budget, Message, Persona, Prompt, build, estimate_tokens
 from moechat.prompt.formats import Format, Mode, default_format, format_names, get_format
@@ -35,12 +36,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--message", help="a new user message to send")
     p.add_argument("--user", help="the user's name (default: the chat's user_name, else 'You')")
     p.add_argument("--persona", default="", help="the user's persona description")
-    p.add_argument("--model", type=Path, help="GGUF whose tokenizer counts the tokens (and picks the format)")
+    add_model_argument(p, "--model", what="the model whose tokenizer counts the tokens (and picks the format)")
     p.add_argument("--context", type=int, help=f"context size in tokens (default: {DEFAULT_CONTEXT})")
     p.add_argument(
         "--reserve", type=int, help="tokens reserved for the reply (default: a quarter of the context, <= 512)"
     )
     p.add_argument("--mode", choices=("reply", "continue", "impersonate"), default="reply")
+    add_data_dir_argument(p)
     return p
 
 
@@ -69,7 +71,7 @@ def _with_model(args: argparse.Namespace, card: Card, history: list[Message], pe
     """Count with the model's tokenizer; the format defaults from its name and chat template."""
     from moechat.engine.engine import Engine  # llama.cpp loads only when asked for
 
-    with Engine.load(args.model, n_ctx=args.context or 0, capture="off") as engine:
+    with Engine.load(resolve_spec(args.model, args.data_dir), n_ctx=args.context or 0, capture="off") as engine:
         info = engine.info
         budget = _budget(args, args.context or engine.n_ctx)
         name = args.format or default_format(f"{info.name} {info.path.name}", info.chat_template)

@@ -1,4 +1,4 @@
-"""`python -m moechat trace MODEL.gguf --prompt TEXT`: per-token routing of a prompt and its continuation.
+"""`python -m moechat trace MODEL --prompt TEXT`: per-token routing of a prompt and its continuation.
 
 Writes one JSON document: every token the model *read* at each position (the prompt's, then each
 generated token fed back), with the router's probabilities and selected experts at every layer.
@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from moechat.commands.model_arg import add_data_dir_argument, add_model_argument, resolve_spec
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling, Token
 from moechat.gguf.info import expert_labels
@@ -20,7 +21,7 @@ from moechat.gguf.info import expert_labels
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m moechat trace", description=__doc__.splitlines()[0])
-    p.add_argument("model", type=Path, help="a MoE GGUF file")
+    add_model_argument(p, "model", what="the MoE model to trace")
     p.add_argument("--prompt", required=True, help="text, tokenized as the model's tokenizer does (with BOS)")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -28,6 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exact", action="store_true", help="float32 KV cache and attention, for comparisons")
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    add_data_dir_argument(p)
     return p.parse_args(argv)
 
 
@@ -60,7 +62,7 @@ def trace_document(engine: Engine, tokens: Iterable[Token]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sampling = Sampling(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens)
-    with Engine.load(args.model, n_ctx=args.n_ctx, exact=args.exact) as engine:
+    with Engine.load(resolve_spec(args.model, args.data_dir), n_ctx=args.n_ctx, exact=args.exact) as engine:
         doc = trace_document(engine, engine.stream(engine.tokenize(args.prompt), sampling))
     text = json.dumps(doc, ensure_ascii=False)
     if args.out:

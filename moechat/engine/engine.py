@@ -24,7 +24,7 @@ from moechat.engine.capture import FastCapture, PythonCapture, make_capture
 from moechat.engine.text_release import TextReleaser
 from moechat.engine.types import LoadReport, Sampling, Token
 from moechat.errors import EngineError
-from moechat.gguf.info import ModelInfo, open_reader, read_info, token_embedding
+from moechat.gguf.info import ModelInfo, open_reader, read_info, require_stacked, token_embedding
 from moechat.routing.metrics import Routing, from_logits
 
 ROUTER_KIND = "ffn_moe_logits"
@@ -79,6 +79,7 @@ class Engine:
         for prompt tokens too (llama.cpp drops rows without outputs before the last FFN).
         """
         info = read_info(path, allow_dense=allow_dense)
+        require_stacked(info)  # llama.cpp no longer loads pre-2024 split-expert files: say how to upgrade them
         if experts_used is not None:
             if not info.is_moe or not 0 < experts_used <= info.n_experts:
                 raise EngineError(f"experts_used must be 1..{info.n_experts} for {info.path.name}, got {experts_used}")

@@ -26,7 +26,7 @@ import llama_cpp._logger
 import numpy as np
 
 from moechat.errors import EngineError
-from moechat.gguf.info import open_reader, read_info
+from moechat.gguf.info import open_reader, read_info, require_stacked
 from moechat.gguf.write import raw_bytes
 
 ROUTER = "ffn_gate_inp.weight"
@@ -83,7 +83,7 @@ def quantize(
     """Quantize `in_path` to `out_path` as `type_name` (e.g. "Q8_0", "Q4_K_M"), routers kept bit for bit."""
     name, ftype = ftype_of(type_name)
     src, out = Path(in_path), Path(out_path)
-    read_info(src, allow_dense=True)  # llama.cpp aborts the process on some bad files: check them first
+    require_stacked(read_info(src, allow_dense=True))  # llama.cpp aborts the process on some bad files: check first
     if out.exists() and out.resolve() == src.resolve():
         raise EngineError(f"the output {out} is the input; choose another output path")
     if not out.parent.is_dir():

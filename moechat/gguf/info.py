@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gguf
 import numpy as np
@@ -19,6 +20,10 @@ from moechat.errors import EngineError
 
 GGUF_MAGIC = b"GGUF"
 EXPERT_NAMES_KEY = "moechat.expert_names"
+# llama.cpp before April 2024 stored one tensor per expert (blk.N.ffn_gate.X.weight); today it stacks them
+# along ggml's ne[2] (blk.N.ffn_gate_exps.weight) and no longer loads the old layout.
+SPLIT_EXPERT = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight")
+ExpertLayout = Literal["stacked", "split", "none"]
 
 
 class NotMoEError(EngineError):
@@ -43,6 +48,7 @@ class ModelInfo:
     bos_id: int | None = None
     eos_id: int | None = None
     expert_names: tuple[str, ...] = ()
+    expert_layout: ExpertLayout = "stacked"  # "split": the pre-2024 one-tensor-per-expert layout; "none": dense
 
     @property
     def is_moe(self) -> bool:
@@ -142,6 +148,7 @@ def read_info(path: str | Path, allow_dense: bool = False) -> ModelInfo:
         bos_id=_typed(reader, "tokenizer.ggml.bos_token_id", int),
         eos_id=_typed(reader, "tokenizer.ggml.eos_token_id", int),
         expert_names=_names(reader),
+        expert_layout=expert_layout(reader),
     )
     if info.n_layers <= 0 or info.n_embd <= 0:
         raise EngineError(f"{p.name} lacks {arch}.block_count or {arch}.embedding_length.")
@@ -167,6 +174,25 @@ def _check_experts(reader: gguf.GGUFReader, p: Path, arch: str, n_experts: int, 
         raise EngineError(f"{p.name} claims {n_experts} experts but has no ffn_gate_inp router tensors.")
     if int(router.shape[-1]) != n_experts:
         raise EngineError(f"{p.name}: router {router.name} has {int(router.shape[-1])} rows for {n_experts} experts.")
+
+
+def expert_layout(reader: gguf.GGUFReader) -> ExpertLayout:
+    """How the file stores its experts: "split" (pre-2024, one tensor per expert), "stacked" or "none"."""
+    names = [t.name for t in reader.tensors]
+    if any(SPLIT_EXPERT.fullmatch(n) for n in names):
+        return "split"
+    return "stacked" if any(n.endswith("_exps.weight") for n in names) else "none"
+
+
+def require_stacked(info: ModelInfo) -> None:
+    """Raise EngineError for a split-expert file: current llama.cpp cannot load it; say how to upgrade it."""
+    if info.expert_layout == "split":
+        p = info.path
+        raise EngineError(
+            f"{p.name} uses the pre-2024 split-expert layout (blk.N.ffn_gate.X.weight), which current llama.cpp "
+            f"cannot load. Upgrade it once (no requantization): python -m moechat upgrade {p} -o "
+            f"{p.with_name(p.stem + '.stacked.gguf')} -- or pass it as --model, which upgrades it automatically."
+        )
 
 
 def _file_type_name(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""Write tiny llama-architecture GGUF models with random weights: MoE (stacked experts) or dense.
+"""Write tiny llama-architecture GGUF models with random weights: MoE (stacked experts, or the pre-2024 split
+layout) or dense.
 
 They load in real llama.cpp in milliseconds, so tests, benchmarks and users can exercise the whole
 engine (routing capture included) without downloading anything. Same spec and seed => same bytes.
@@ -6,6 +7,7 @@ engine (routing capture included) without downloading anything. Same spec and se
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +46,10 @@ class TinySpec:
     name: str = "tiny"
     expert_names: tuple[str, ...] = ()
     favour: int | None = None  # make greedy decoding always pick this token id (e.g. 2 = </s>)
+    # pre-2024 files: "split" writes one tensor per expert (blk.N.ffn_gate.X.weight), same weights as "stacked"
+    expert_layout: Literal["stacked", "split"] = "stacked"
+    router_dtype: Literal["f32", "f16"] = "f32"
+    expert_dtype: Literal["same", "q8_0"] = "same"  # "same": the model's dtype
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -103,6 +109,28 @@ def _keep_f32(name: str) -> bool:
     return name.endswith("norm.weight") or "ffn_gate_inp" in name
 
 
+def split_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The pre-2024 layout: each stacked blk.N.ffn_K_exps.weight [E, rows, cols] becomes E tensors
+    blk.N.ffn_K.X.weight [rows, cols], in place of the stack."""
+    out: dict[str, np.ndarray] = {}
+    for name, data in tensors.items():
+        if name.endswith("_exps.weight"):
+            out |= {name.replace("_exps.weight", f".{x}.weight"): data[x] for x in range(len(data))}
+        else:
+            out[name] = data
+    return out
+
+
+def _add(w: gguf.GGUFWriter, spec: TinySpec, name: str, data: np.ndarray) -> None:
+    if "ffn_gate_inp" in name:
+        w.add_tensor(name, data.astype(np.float16) if spec.router_dtype == "f16" else data)
+    elif spec.expert_dtype == "q8_0" and re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)(_exps|\.\d+)\.weight", name):
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        w.add_tensor(name, gguf.quants.quantize(data, q8), raw_dtype=q8)
+    else:
+        w.add_tensor(name, data if spec.dtype == "f32" or _keep_f32(name) else data.astype(np.float16))
+
+
 def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a tiny random llama GGUF to `path` and return the path."""
     if spec.n_experts and not 0 < spec.n_experts_used <= spec.n_experts:
@@ -134,8 +162,9 @@ def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_chat_template(CHAT_TEMPLATE)
-    for name, data in _tensors(spec, len(tokens)).items():
-        w.add_tensor(name, data if spec.dtype == "f32" or _keep_f32(name) else data.astype(np.float16))
+    tensors = _tensors(spec, len(tokens))
+    for name, data in (split_experts(tensors) if spec.expert_layout == "split" else tensors).items():
+        _add(w, spec, name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -8,7 +8,7 @@ destination is either complete or untouched.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,22 @@ def raw_bytes(tensor: gguf.ReaderTensor) -> np.ndarray:
     return np.asarray(tensor.data).view(np.uint8)
 
 
-def write_gguf(out: Path, kvs: list[KeyValue], plan: list[Planned], progress: bool) -> None:
-    """Write to a temporary file beside `out`, then rename: `out` is either complete or untouched."""
+def reader_kvs(reader: gguf.GGUFReader) -> Iterator[KeyValue]:
+    """(key, value, type, array item type) of every metadata key of `reader`, as write_gguf takes them; the keys
+    GGUFWriter writes itself (GGUF.*, general.architecture) are left out."""
+    for key, f in reader.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            yield key, f.contents(), f.types[0], f.types[-1] if f.types[0] == VT.ARRAY else None
+
+
+def write_gguf(
+    out: Path, kvs: list[KeyValue], plan: list[Planned], progress: bool, arch: str = "llama", desc: str = "writing"
+) -> None:
+    """Write to a temporary file beside `out`, then rename: `out` is either complete or untouched. `progress`: a
+    tqdm bar labelled `desc`."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
+        writer = gguf.GGUFWriter(tmp, arch)
         for key, value, vtype, sub in kvs:
             if key == "general.alignment":
                 writer.data_alignment = int(value)
@@ -53,7 +64,7 @@ def write_gguf(out: Path, kvs: list[KeyValue], plan: list[Planned], progress: bo
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        bar = _bar(sum(p.nbytes for p in plan), progress)
+        bar = _bar(sum(p.nbytes for p in plan), progress, desc)
         for p in plan:
             writer.write_tensor_data(p.make())
             bar.update(p.nbytes)
@@ -71,9 +82,9 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _bar(total: int, on: bool) -> Any:
+def _bar(total: int, on: bool, desc: str = "writing") -> Any:
     if not on:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="writing", unit="B", unit_scale=True)
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True)

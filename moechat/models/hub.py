@@ -12,11 +12,13 @@ resume an interrupted `.incomplete` file, show a tqdm bar in the terminal, call 
 UI, and authenticate with HF_TOKEN (huggingface_hub's own token lookup) unless a token is passed. Split GGUFs
 (`-00001-of-00003.gguf`) are downloaded whole and the first shard is returned (llama.cpp loads the rest). Offline
 (HF_HUB_OFFLINE=1, or the Hub unreachable) the cache is used and `ResolvedModel.notes` says so; a file missing from
-the cache offline is an EngineError naming the exact `hf download` command to run online.
+the cache offline is an EngineError naming the exact `hf download` command to run online. A local or downloaded file
+in the pre-2024 split-expert layout is upgraded once into the data dir and the upgrade returned, with a note.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -88,13 +90,31 @@ def resolve_model(
     token: str | None = None,
     cache_dir: str | Path | None = None,
     progress: ProgressHook | None = None,
+    upgrade: bool = True,
 ) -> ResolvedModel:
-    """Resolve a `--model` value (see the module docstring) to a local GGUF, downloading it when needed."""
+    """Resolve a `--model` value (see the module docstring) to a local GGUF, downloading it when needed.
+
+    A pre-2024 split-expert file is upgraded once into data_dir (moechat.gguf_upgrade) and the upgrade returned, with
+    a note; `upgrade=False` returns the file as it is (for readers that need only its metadata and routers)."""
     value = (value or "demo").strip()
     if value == "demo":
         from moechat.models.demo import demo_model_path  # builds the demo on first use; imported only when asked for
 
         return ResolvedModel(Path(demo_model_path(data_dir)), "demo")
+    found = _resolve(value, quant, token, cache_dir, progress)
+    return _stacked(found, data_dir) if upgrade else found
+
+
+def _stacked(found: ResolvedModel, data_dir: str | Path) -> ResolvedModel:
+    from moechat.gguf.upgrade import ensure_stacked
+
+    path, note = ensure_stacked(found.path, data_dir)
+    return dataclasses.replace(found, path=path, notes=(*found.notes, note)) if note else found
+
+
+def _resolve(
+    value: str, quant: str | None, token: str | None, cache_dir: str | Path | None, progress: ProgressHook | None
+) -> ResolvedModel:
     path = Path(value).expanduser()
     if path.is_file():
         return ResolvedModel(path, "local")

@@ -28,7 +28,7 @@ import gguf
 
 from moechat.errors import EngineError
 from moechat.gguf.info import EXPERT_NAMES_KEY, ModelInfo, expert_labels, open_reader, read_info
-from moechat.gguf.write import Planned, raw_bytes, write_gguf
+from moechat.gguf.write import Planned, raw_bytes, reader_kvs, write_gguf
 
 if TYPE_CHECKING:
     from moechat.engine.engine import Engine
@@ -109,9 +109,6 @@ def _plan(reader: gguf.GGUFReader, expert: int, n_layers: int) -> list[Planned]:
 def _metadata(reader: gguf.GGUFReader, info: ModelInfo, expert: int) -> Any:
     """(key, value, type, array item type) for every kept key, the MoE keys dropped and the solo keys set."""
     drop = (f"{info.architecture}.expert_", EXPERT_NAMES_KEY)
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.name") or key.startswith(drop):
-            continue
-        yield key, f.contents(), f.types[0], f.types[-1] if f.types[0] == VT.ARRAY else None
+    yield from (kv for kv in reader_kvs(reader) if kv[0] != "general.name" and not kv[0].startswith(drop))
     yield "general.name", f"{info.name} (solo expert {expert}: {expert_labels(info)[expert]})", VT.STRING, None
     yield SOLO_KEY, expert, VT.UINT32, None
