@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp
@@ -133,7 +133,7 @@ class Engine:
     # ---- generation -------------------------------------------------------------------------------------
     def stream(
         self, prompt: Sequence[int], sampling: Sampling = Sampling(), cancel: threading.Event | None = None
-    ) -> Iterator[Token]:
+    ) -> Generator[Token, None, None]:
         """Evaluate `prompt` (reusing the cached prefix) and generate; see Token for the records."""
         prompt = list(prompt)
         if not prompt:
