@@ -100,7 +100,7 @@ def _plan(reader: gguf.GGUFReader, expert: int, n_layers: int) -> list[Planned]:
             data = data[expert]
             sliced.add((int(m[1]), m[2]))
         name = f"blk.{m[1]}.ffn_{m[2]}.weight" if m else t.name
-        plan.append(Planned(name, t.tensor_type, data.shape, lambda d=data: d))
+        plan.append(Planned.ready(name, t.tensor_type, data))
     missing = {(i, k) for i in range(n_layers) for k in ("gate", "up", "down")} - sliced
     if missing:
         raise EngineError(f"no stacked expert tensors for {sorted(missing)[:3]}...: not a stacked-expert MoE GGUF")
