@@ -140,8 +140,11 @@ class Card(BaseModel):
         data = self.to_v3_json(modified=modified)["data"]
         mirror = {field: data[field] for field in V1_FIELDS}
         mirror |= {"creatorcomment": self.creator_notes, "tags": self.tags}
-        defaults = {"avatar": "none", "talkativeness": str(self.extensions.get("talkativeness", "0.5"))}
-        defaults |= {"fav": bool(self.extensions.get("fav", False))}
+        defaults = {
+            "avatar": "none",
+            "talkativeness": str(self.extensions.get("talkativeness", "0.5")),
+            "fav": bool(self.extensions.get("fav", False)),
+        }
         body = {"spec": "chara_card_v2", "spec_version": "2.0", "data": data}
         return {**defaults, **self._root, **mirror, **body}
 
