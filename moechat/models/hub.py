@@ -213,6 +213,7 @@ def progress_bar_class(hook: ProgressHook | None) -> type[hf_tqdm]:
     """huggingface_hub's tqdm bar (stderr; off with HF_HUB_DISABLE_PROGRESS_BARS=1) that also calls `hook`."""
     if hook is None:
         return hf_tqdm
+    report: ProgressHook = hook  # not Optional: the bar's methods below close over it
 
     class ReportingBar(hf_tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -222,7 +223,7 @@ def progress_bar_class(hook: ProgressHook | None) -> type[hf_tqdm]:
         def update(self, n: float | None = 1) -> bool | None:
             self._done += int(n or 0)
             total = int(self._total) if isinstance(self._total, (int, float)) else None
-            hook(DownloadProgress(self._name, self._done, total))
+            report(DownloadProgress(self._name, self._done, total))
             return super().update(n)
 
     return ReportingBar
