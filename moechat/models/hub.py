@@ -80,6 +80,17 @@ class Candidate:
 ProgressHook = Callable[[DownloadProgress], None]
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """What one fetch asks the Hub (or its cache) for."""
+
+    repo: str
+    file: str | None
+    quant: str | None
+    cache: Path
+    token: str | None
+
+
 def resolve_model(
     value: str | None,
     data_dir: str | Path,
@@ -134,14 +145,15 @@ def fetch(
     notes: list[str] = []
     if offline:
         notes.append(f"offline (HF_HUB_OFFLINE=1): using the Hugging Face cache at {cache}")
-    files, offline = _list_files(repo, file, quant, cache, token, offline, notes)
+    wanted = _Wanted(repo, file, quant, cache, token)
+    files, offline = _list_files(wanted, offline, notes)
     try:
         chosen = choose(repo, files, file=file, quant=quant)
     except EngineError as exc:
         if not offline:
             raise
         raise EngineError(f"{_not_cached(repo, file, quant, cache, f'{repo}:{file or quant}')} ({exc})") from exc
-    paths = [_download(repo, name, cache, token, offline, progress) for name in chosen.files]
+    paths = [_download(wanted, name, offline, progress) for name in chosen.files]
     return ResolvedModel(Path(paths[0]), "hub", repo, chosen.files, chosen.quant, offline, tuple(notes))
 
 
@@ -151,12 +163,11 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or now
 
 
-def _list_files(
-    repo: str, file: str | None, quant: str | None, cache: Path, token: str | None, offline: bool, notes: list[str]
-) -> tuple[list[str], bool]:
+def _list_files(wanted: _Wanted, offline: bool, notes: list[str]) -> tuple[list[str], bool]:
+    repo, cache = wanted.repo, wanted.cache
     if not offline:
         try:
-            return huggingface_hub.list_repo_files(repo, token=token), False
+            return huggingface_hub.list_repo_files(repo, token=wanted.token), False
         except errors.GatedRepoError as exc:
             raise EngineError(f"{repo} is gated: accept its terms on huggingface.co and set HF_TOKEN.") from exc
         except errors.RepositoryNotFoundError as exc:
@@ -168,7 +179,7 @@ def _list_files(
     try:
         folder = huggingface_hub.snapshot_download(repo, cache_dir=cache, local_files_only=True)
     except errors.LocalEntryNotFoundError as exc:
-        raise EngineError(_not_cached(repo, file, quant, cache)) from exc
+        raise EngineError(_not_cached(repo, wanted.file, wanted.quant, cache)) from exc
     return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()), True
 
 
@@ -190,12 +201,16 @@ def _not_cached(repo: str, file: str | None, quant: str | None, cache: Path, wha
     )
 
 
-def _download(
-    repo: str, name: str, cache: Path, token: str | None, offline: bool, progress: ProgressHook | None
-) -> str:
+def _download(wanted: _Wanted, name: str, offline: bool, progress: ProgressHook | None) -> str:
+    repo, cache = wanted.repo, wanted.cache
     try:
         path = huggingface_hub.hf_hub_download(
-            repo, name, cache_dir=cache, token=token, local_files_only=offline, tqdm_class=progress_bar_class(progress)
+            repo,
+            name,
+            cache_dir=cache,
+            token=wanted.token,
+            local_files_only=offline,
+            tqdm_class=progress_bar_class(progress),
         )
     except errors.LocalEntryNotFoundError as exc:
         raise EngineError(_not_cached(repo, name, None, cache, f"{repo}/{name}")) from exc
