@@ -17,6 +17,7 @@ from moechat.errors import MoechatError
 def load_model(settings: Settings):
     """The --model value resolved (local path, Hub repo, alias or the demo) and loaded into a ModelSlot."""
     from moechat.engine.engine import Engine
+    from moechat.engine.types import LoadOptions
     from moechat.models.hub import resolve_model
     from moechat.models.slot import ModelSlot
 
@@ -25,7 +26,7 @@ def load_model(settings: Settings):
     resolved = resolve_model(str(settings.model) if settings.model else None, settings.data_dir)
     for note in resolved.notes:
         print(f"moechat: {note}", file=sys.stderr)
-    options = {
+    options: LoadOptions = {
         "n_ctx": settings.n_ctx,
         "n_threads": settings.threads,
         "n_gpu_layers": settings.n_gpu_layers,

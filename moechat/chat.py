@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -19,9 +19,10 @@ from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling, Token
 from moechat.errors import StoreError
 from moechat.prompt import formats
-from moechat.prompt.assemble import AuthorsNote, Budget, Message, Persona, Prompt, Report, build
+from moechat.prompt.assemble import AuthorsNote, Budget, LoreHit, Message, Persona, Prompt, Report, build
+from moechat.routing.metrics import Routing
 from moechat.store.records import Message as StoredMessage
-from moechat.store.records import RoutingRecord
+from moechat.store.records import RoutingRecord, Swipe
 from moechat.store.store import Store
 
 SAVE_EVERY_S = 0.5  # the reply so far is written to the store at most this often (and at the end)
@@ -138,7 +139,7 @@ def prompt_for(
     history = [Message("user" if m.role == "user" else "model", m.text) for m in messages if m.role != "system"]
     fmt_name = options.format or chat.format or formats.default_format(engine.info.name, engine.info.chat_template)
     fmt = formats.get_format(fmt_name, engine.info.chat_template)
-    lore = ()
+    lore: Sequence[LoreHit] = ()
     if card.character_book is not None:
         texts = [m.text for m in history]
         lore = lorebook.select(card.character_book, texts, engine.count_tokens, budget=engine.n_ctx // 4).fired
@@ -191,13 +192,13 @@ def _turn(
     p = prompt_for(engine, store, chat_id, options, mode, visible)
     card = character_card(store, store.chat(chat_id).character_id)
     if mode == "continue":
-        swipe, base_text = target.current, target.text
+        assert target is not None, "continue extends a reply"
+        swipe = target.current
     else:
         swipe = store.begin_reply(
             chat_id, name=card.name, model=options.label or engine.info.name, message_id=target.id if target else None
         )
-        base_text = ""
-    reply = _Reply(engine, store, swipe.id, base_text, chat_id, swipe.message_id, swipe.index, p.report)
+    reply = _Reply(engine, store, chat_id, swipe, p.report)
     tokens = engine.stream(engine.tokenize(p.text), replace(options.sampling, stop=_stops(options.sampling, p)), cancel)
     try:
         yield from reply.run(tokens, prompt_message)
@@ -205,28 +206,34 @@ def _turn(
         reply.close()
 
 
-class _Reply:
-    """Folds a token stream into Updates and saves the reply as it grows."""
+class _Routed(NamedTuple):
+    """A token that has routing, and where its text starts."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        store: Store,
-        swipe_id: int,
-        base_text: str,
-        chat_id: int,
-        message_id: int,
-        swipe_index: int,
-        report: Report,
-    ) -> None:
-        self.store, self.swipe_id, self.text = store, swipe_id, base_text
-        self.head = dict(chat_id=chat_id, message_id=message_id, swipe_index=swipe_index, report=report)
+    token: Token
+    routing: Routing
+    offset: int
+
+
+class _PromptRouting(TypedDict, total=False):
+    """Update's prompt_* fields, once the user message's routing is known."""
+
+    prompt_message_id: int
+    prompt_token_texts: tuple[str, ...]
+    prompt_probs: np.ndarray
+
+
+class _Reply:
+    """Folds a token stream into Updates and saves the reply as it grows (into `swipe`, after its text)."""
+
+    def __init__(self, engine: Engine, store: Store, chat_id: int, swipe: Swipe, report: Report) -> None:
+        self.store, self.chat_id, self.swipe, self.report = store, chat_id, swipe, report
+        self.swipe_id, self.text = swipe.id, swipe.text
         info = engine.info
         self.probs = np.full((0, info.n_layers, max(info.n_experts, 1)), np.nan, np.float32)
         self.texts: list[str] = []
-        self.rows: list[tuple[Token, int]] = []  # tokens with routing, and their offsets in self.text
-        self.saved_text, self.saved_rows, self.last_save = len(base_text), 0, time.monotonic()
-        self.prompt_fields: dict = {}
+        self.rows: list[_Routed] = []  # tokens with routing, offsets in self.text
+        self.saved_text, self.saved_rows, self.last_save = len(self.text), 0, time.monotonic()
+        self.prompt_fields: _PromptRouting = {}
         self.t_first: float | None = None
         self.finish: str | None = None
         self.rate = 0.0
@@ -258,7 +265,7 @@ class _Reply:
             grown[: len(self.probs)] = self.probs
             self.probs = grown
         if tok.routing is not None:
-            self.rows.append((tok, len(self.text)))
+            self.rows.append(_Routed(tok, tok.routing, len(self.text)))
             self.probs[len(self.texts)] = tok.routing.probs
         self.texts.append(tok.text)
         self.text += tok.text
@@ -267,7 +274,10 @@ class _Reply:
         if self.t_first is not None and len(self.texts) > 1:
             self.rate = (len(self.texts) - 1) / max(time.monotonic() - self.t_first, 1e-9)
         return Update(
-            **self.head,
+            chat_id=self.chat_id,
+            message_id=self.swipe.message_id,
+            swipe_index=self.swipe.index,
+            report=self.report,
             text=self.text,
             token_texts=tuple(self.texts),
             probs=self.probs[: len(self.texts)],
@@ -279,7 +289,7 @@ class _Reply:
     def _save(self) -> None:
         new_rows = self.rows[self.saved_rows :]
         chunk = self.text[self.saved_text :]
-        record = _record([t for t, _ in new_rows], [o - self.saved_text for _, o in new_rows]) if new_rows else None
+        record = _record(new_rows, base=self.saved_text) if new_rows else None
         if chunk or record is not None:
             self.store.append_to_swipe(self.swipe_id, chunk, record)
         self.saved_text, self.saved_rows, self.last_save = len(self.text), len(self.rows), time.monotonic()
@@ -290,15 +300,15 @@ class _Reply:
         if start < 0 or not message.text or prompt[0].routing is None:
             return
         end, pos, picked = start + len(message.text), 0, []
-        for tok in prompt:
-            if pos < end and pos + len(tok.text) > start:
-                picked.append((tok, max(pos - start, 0)))  # a token straddling the start counts from 0
+        for tok in prompt:  # all have routing: the engine gives it to every token of a stream or to none
+            if pos < end and pos + len(tok.text) > start and tok.routing is not None:
+                picked.append(_Routed(tok, tok.routing, max(pos - start, 0)))  # straddling the start: from 0
             pos += len(tok.text)
-        self.store.set_prompt_routing(message.id, _record([t for t, _ in picked], [o for _, o in picked]))
-        self.prompt_fields = dict(
+        self.store.set_prompt_routing(message.id, _record(picked))
+        self.prompt_fields = _PromptRouting(
             prompt_message_id=message.id,
-            prompt_token_texts=tuple(t.text for t, _ in picked),
-            prompt_probs=np.stack([t.routing.probs for t, _ in picked]),
+            prompt_token_texts=tuple(r.token.text for r in picked),
+            prompt_probs=np.stack([r.routing.probs for r in picked]),
         )
 
     def close(self) -> None:
@@ -310,10 +320,11 @@ class _Reply:
         )
 
 
-def _record(tokens: list[Token], offsets: list[int]) -> RoutingRecord:
+def _record(rows: list[_Routed], base: int = 0) -> RoutingRecord:
+    """The rows' routing, offsets counted from `base`."""
     return RoutingRecord(
-        probs=np.stack([t.routing.probs for t in tokens]),
-        experts=np.stack([t.routing.experts for t in tokens]),
-        token_ids=np.array([t.id for t in tokens], np.int32),
-        offsets=np.array(offsets, np.int32),
+        probs=np.stack([r.routing.probs for r in rows]),
+        experts=np.stack([r.routing.experts for r in rows]),
+        token_ids=np.array([r.token.id for r in rows], np.int32),
+        offsets=np.array([r.offset - base for r in rows], np.int32),
     )

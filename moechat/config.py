@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import overload
 
 from moechat.errors import ConfigError
 
@@ -91,23 +92,22 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     args = vars(build_parser().parse_args(list(argv or [])))
     values = {f.name: _pick(f.name, args, env) for f in fields(Settings)}
     hosted = _bool("hosted", values["hosted"]) if values["hosted"] is not None else bool(env.get("SPACE_ID"))
-    out: dict[str, object] = {
-        "model": Path(values["model"]) if values["model"] else None,
-        "host": values["host"] or ("0.0.0.0" if hosted else "127.0.0.1"),
-        "port": _int("port", values["port"], 7860, low=1, high=65535),
-        "share": _bool("share", values["share"]) if values["share"] is not None else False,
-        "data_dir": Path(values["data_dir"]) if values["data_dir"] else default_data_dir(env, hosted),
-        "n_gpu_layers": _int("n_gpu_layers", values["n_gpu_layers"], None, low=-1),
-        "n_ctx": _int("n_ctx", values["n_ctx"], 4096, low=256),
-        "threads": _int("threads", values["threads"], None, low=1),
-        "capture": _capture(values["capture"]),
-        "prompt_routing": _bool("prompt_routing", values["prompt_routing"])
+    return Settings(
+        model=_path(values["model"]),
+        host=str(values["host"] or ("0.0.0.0" if hosted else "127.0.0.1")),
+        port=_int("port", values["port"], 7860, low=1, high=65535),
+        share=_bool("share", values["share"]) if values["share"] is not None else False,
+        data_dir=_path(values["data_dir"]) or default_data_dir(env, hosted),
+        n_gpu_layers=_int("n_gpu_layers", values["n_gpu_layers"], None, low=-1),
+        n_ctx=_int("n_ctx", values["n_ctx"], 4096, low=256),
+        threads=_int("threads", values["threads"], None, low=1),
+        capture=_capture(values["capture"]),
+        prompt_routing=_bool("prompt_routing", values["prompt_routing"])
         if values["prompt_routing"] is not None
         else True,
-        "hosted": hosted,
-        "max_upload_mb": _int("max_upload_mb", values["max_upload_mb"], 20, low=1),
-    }
-    return Settings(**out)  # type: ignore[arg-type]
+        hosted=hosted,
+        max_upload_mb=_int("max_upload_mb", values["max_upload_mb"], 20, low=1),
+    )
 
 
 def _pick(name: str, args: Mapping[str, object], env: Mapping[str, str]) -> object:
@@ -117,11 +117,20 @@ def _pick(name: str, args: Mapping[str, object], env: Mapping[str, str]) -> obje
     return env.get(ENV_PREFIX + name.upper())
 
 
+def _path(value: object) -> Path | None:
+    """The flag's Path or the environment's text as a Path; None when not given."""
+    return Path(str(value)) if value else None
+
+
+@overload
+def _int(name: str, value: object, default: int, low: int | None = None, high: int | None = None) -> int: ...
+@overload
+def _int(name: str, value: object, default: None, low: int | None = None, high: int | None = None) -> int | None: ...
 def _int(name: str, value: object, default: int | None, low: int | None = None, high: int | None = None) -> int | None:
     if value is None or value == "":
         return default
     try:
-        number = int(value)  # type: ignore[call-overload]
+        number = value if isinstance(value, int) else int(str(value))  # the flag's int or the environment's text
     except (TypeError, ValueError):
         raise ConfigError(f"{_where(name)} must be a whole number, got {value!r}") from None
     if (low is not None and number < low) or (high is not None and number > high):

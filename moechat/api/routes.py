@@ -144,8 +144,12 @@ class _Api:
     async def models(self, request: Request) -> Response:
         engine = self._engine()
         info = engine.info
-        extra = {"n_layers": info.n_layers, "n_experts": info.n_experts, "n_experts_used": info.n_experts_used}
-        extra["expert_names"] = list(expert_labels(info))
+        extra = {
+            "n_layers": info.n_layers,
+            "n_experts": info.n_experts,
+            "n_experts_used": info.n_experts_used,
+            "expert_names": list(expert_labels(info)),
+        }
         created = int(info.path.stat().st_mtime) if info.path.exists() else 0
         entry = {"id": _model_id(engine), "object": "model", "created": created, "owned_by": "moechat"}
         return JSONResponse({"object": "list", "data": [{**entry, "moechat": extra}]})

@@ -226,11 +226,14 @@ class ChunkChoice(_Choice):
     delta: Delta
 
 
+CompletionKind = Literal["text_completion", "chat.completion", "chat.completion.chunk"]
+
+
 class Completion(BaseModel):
     """A whole answer or one streamed chunk; `object` says which ("text_completion" is both, as at OpenAI)."""
 
     id: str
-    object: Literal["text_completion", "chat.completion", "chat.completion.chunk"]
+    object: CompletionKind
     created: int
     model: str
     choices: list[TextChoice] | list[ChatChoice] | list[ChunkChoice]
@@ -265,13 +268,9 @@ def answer(meta: Meta, text: str, finish: str, usage: Usage, tokens: list[Routin
     """The whole answer of a request that did not stream."""
     ext = _extension(meta, tokens)
     if meta.chat:
-        choice: ChatChoice | TextChoice = ChatChoice(
-            message=AssistantMessage(content=text), finish_reason=finish, moechat=ext
-        )
-    else:
-        choice = TextChoice(text=text, finish_reason=finish, moechat=ext)
-    kind = "chat.completion" if meta.chat else "text_completion"
-    return Completion(id=meta.id, object=kind, created=meta.created, model=meta.model, choices=[choice], usage=usage)
+        choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=finish, moechat=ext)
+        return _completion(meta, "chat.completion", [choice], usage)
+    return _completion(meta, "text_completion", [TextChoice(text=text, finish_reason=finish, moechat=ext)], usage)
 
 
 def chunk(
@@ -285,14 +284,19 @@ def chunk(
     ext = _extension(meta, tokens)
     if meta.chat:
         delta = Delta(role="assistant" if role else None, content=text)
-        choice: ChunkChoice | TextChoice = ChunkChoice(delta=delta, finish_reason=finish, moechat=ext)
-    else:
-        choice = TextChoice(text=text or "", finish_reason=finish, moechat=ext)
-    kind = "chat.completion.chunk" if meta.chat else "text_completion"
-    return Completion(id=meta.id, object=kind, created=meta.created, model=meta.model, choices=[choice])
+        return _completion(meta, "chat.completion.chunk", [ChunkChoice(delta=delta, finish_reason=finish, moechat=ext)])
+    return _completion(meta, "text_completion", [TextChoice(text=text or "", finish_reason=finish, moechat=ext)])
 
 
 def usage_chunk(meta: Meta, usage: Usage) -> Completion:
     """The extra last chunk of `stream_options.include_usage`: no choices, the usage."""
-    kind = "chat.completion.chunk" if meta.chat else "text_completion"
-    return Completion(id=meta.id, object=kind, created=meta.created, model=meta.model, choices=[], usage=usage)
+    return _completion(meta, "chat.completion.chunk" if meta.chat else "text_completion", [], usage)
+
+
+def _completion(
+    meta: Meta,
+    kind: CompletionKind,
+    choices: list[TextChoice] | list[ChatChoice] | list[ChunkChoice],
+    usage: Usage | None = None,
+) -> Completion:
+    return Completion(id=meta.id, object=kind, created=meta.created, model=meta.model, choices=choices, usage=usage)

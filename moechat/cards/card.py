@@ -18,8 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
-from moechat.cards import charx as card_charx
-from moechat.cards import png as card_png
+from moechat.cards import charx, png
 from moechat.cards.fields import dump_set_fields
 from moechat.cards.json import V1_FIELDS, load_json, load_yaml, normalise
 from moechat.cards.lorebook import Lorebook
@@ -140,8 +139,11 @@ class Card(BaseModel):
         data = self.to_v3_json(modified=modified)["data"]
         mirror = {field: data[field] for field in V1_FIELDS}
         mirror |= {"creatorcomment": self.creator_notes, "tags": self.tags}
-        defaults = {"avatar": "none", "talkativeness": str(self.extensions.get("talkativeness", "0.5"))}
-        defaults |= {"fav": bool(self.extensions.get("fav", False))}
+        defaults = {
+            "avatar": "none",
+            "talkativeness": str(self.extensions.get("talkativeness", "0.5")),
+            "fav": bool(self.extensions.get("fav", False)),
+        }
         body = {"spec": "chara_card_v2", "spec_version": "2.0", "data": data}
         return {**defaults, **self._root, **mirror, **body}
 
@@ -172,8 +174,8 @@ def read_card(src: str | Path | bytes, filename: str | None = None, *, max_bytes
     including files over `max_bytes` and decompression bombs.
     """
     raw, name = _load_bytes(src, filename, max_bytes)
-    if raw.startswith(card_png.PNG_SIGNATURE):
-        obj, image = card_png.read_png(raw)
+    if raw.startswith(png.PNG_SIGNATURE):
+        obj, image = png.read_png(raw)
         card = card_from_json(obj)
         card._avatar = image
         return card
@@ -206,10 +208,10 @@ def _load_bytes(src: str | Path | bytes, filename: str | None, max_bytes: int) -
 
 
 def _from_charx(raw: bytes, max_bytes: int) -> Card:
-    obj, files = card_charx.read_charx(raw, max_bytes=max_bytes)
+    obj, files = charx.read_charx(raw, max_bytes=max_bytes)
     card = card_from_json(obj)
     card._files = files
-    card._avatar = card_charx.main_icon(card.assets, files)
+    card._avatar = charx.main_icon(card.assets, files)
     return card
 
 
@@ -218,10 +220,10 @@ def card_bytes(card: Card, fmt: str, *, modified: int | None = None) -> bytes:
     if fmt == "json":
         return json.dumps(card.to_v3_json(modified=modified), ensure_ascii=False, indent=2).encode() + b"\n"
     if fmt == "png":
-        image = card.avatar_png or card_png.default_avatar(card.name)
-        return card_png.write_png(image, card.to_v2_json(modified=modified), card.to_v3_json(modified=modified))
+        image = card.avatar_png or png.default_avatar(card.name)
+        return png.write_png(image, card.to_v2_json(modified=modified), card.to_v3_json(modified=modified))
     if fmt == "charx":
-        return card_charx.write_charx(card.to_v3_json(modified=modified), card.files, card.avatar_png)
+        return charx.write_charx(card.to_v3_json(modified=modified), card.files, card.avatar_png)
     raise CardError(f"unknown card format '{fmt}' (use json, png or charx)")
 
 

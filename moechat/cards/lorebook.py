@@ -275,7 +275,7 @@ def _place(entry: LoreEntry, dec: Decorators) -> tuple[str, int | None, str | No
     else:
         position = entry.position if entry.position in ("before_char", "after_char") else "before_char"
     if position != "at_depth":
-        return position, None, None  # type: ignore[return-value]
+        return position, None, None
     return position, max(0, _number(ext.get("depth"), DEFAULT_DEPTH)), role or "system"
 
 

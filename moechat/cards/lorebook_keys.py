@@ -15,6 +15,7 @@ import re._parser as sre_parse
 import select
 import subprocess
 import sys
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -91,8 +92,9 @@ def _is_linear(pattern: str, flags: int) -> bool:
     return _no_backtracking(parsed)
 
 
-def _no_backtracking(items: object) -> bool:
-    return all(_op_is_linear(op, arg) for op, arg in items)  # type: ignore[attr-defined]
+def _no_backtracking(items: Iterable[tuple[object, Any]]) -> bool:
+    """items: a parsed pattern (re._parser.SubPattern), a sequence of (opcode, argument) pairs."""
+    return all(_op_is_linear(op, arg) for op, arg in items)
 
 
 def _op_is_linear(op: object, arg: Any) -> bool:

@@ -129,7 +129,7 @@ def parse_jsonl(text: str, title: str = "") -> tuple[ImportedChat, list[SkippedL
 
 
 def _chat(header: dict[str, Any], messages: list[ImportedMessage], title: str) -> ImportedChat:
-    meta = header.get("chat_metadata") if isinstance(header.get("chat_metadata"), dict) else {}
+    meta = _dict(header.get("chat_metadata"))
     name = header.get("character_name")
     if not isinstance(name, str) or not name:
         name = next((m.name for m in messages if m.role != "user" and m.name), "") or title or "Imported"
@@ -138,8 +138,8 @@ def _chat(header: dict[str, Any], messages: list[ImportedMessage], title: str) -
         title=title,
         messages=tuple(messages),
         created=parse_date(header.get("create_date")),
-        persona=meta.get("persona") if isinstance(meta.get("persona"), str) else "",
-        authors_note=meta.get("note_prompt") if isinstance(meta.get("note_prompt"), str) else "",
+        persona=_str(meta.get("persona")),
+        authors_note=_str(meta.get("note_prompt")),
         header=header,
     )
 
@@ -148,20 +148,19 @@ def _message(line: dict[str, Any]) -> ImportedMessage | None:
     mes = line.get("mes")
     if not isinstance(mes, str):
         return None
-    raw_swipes = line.get("swipes") if isinstance(line.get("swipes"), list) else []
-    texts = [s if isinstance(s, str) else json.dumps(s) for s in raw_swipes] or [mes]
-    index = line.get("swipe_id") if isinstance(line.get("swipe_id"), int) else 0
+    texts = [s if isinstance(s, str) else json.dumps(s) for s in _list(line.get("swipes"))] or [mes]
+    index = swipe_id if isinstance(swipe_id := line.get("swipe_id"), int) else 0
     if not 0 <= index < len(texts):
         texts.append(mes)
         index = len(texts) - 1
     texts[index] = mes
-    infos = line.get("swipe_info") if isinstance(line.get("swipe_info"), list) else []
-    extra = line.get("extra") if isinstance(line.get("extra"), dict) else {}
+    infos = _list(line.get("swipe_info"))
+    extra = _dict(line.get("extra"))
     swipes = []
     for i, text in enumerate(texts):
         info = infos[i] if i < len(infos) and isinstance(infos[i], dict) else {}
         timing = info if info else (line if i == index else {})
-        model = extra.get("model") if i == index and isinstance(extra.get("model"), str) else ""
+        model = _str(extra.get("model")) if i == index else ""
         started, finished = parse_date(timing.get("gen_started")), parse_date(timing.get("gen_finished"))
         stats = GenStats(model=model, gen_started=started, gen_finished=finished)
         swipes.append(ImportedSwipe(text=text, stats=stats, info=info))
@@ -175,6 +174,21 @@ def _message(line: dict[str, Any]) -> ImportedMessage | None:
         hidden=bool(line.get("is_system")),
         source=source,
     )
+
+
+def _dict(value: object) -> dict[str, Any]:
+    """value when it is a JSON object, else a new empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    """value when it is a JSON array, else a new empty one."""
+    return value if isinstance(value, list) else []
+
+
+def _str(value: object) -> str:
+    """value when it is a JSON string, else ""."""
+    return value if isinstance(value, str) else ""
 
 
 # writing
@@ -215,7 +229,7 @@ def _line(message: Message, routing: dict[int, RoutingRecord]) -> dict[str, Any]
     if "send_date" not in line:
         line["send_date"] = format_send_date(message.created)
     line["mes"] = message.text
-    extra = line.get("extra") if isinstance(line.get("extra"), dict) else {}
+    extra = _dict(line.get("extra"))
     current = message.current
     if new and current.stats.model:
         extra["model"] = current.stats.model
@@ -252,7 +266,7 @@ def _swipe_info(swipe: Swipe, routing: dict[int, RoutingRecord]) -> dict[str, An
         info["extra"] = {"model": swipe.stats.model} if swipe.stats.model else {}
     summary = _moechat(swipe, routing)
     if summary is not None:
-        extra = info.get("extra") if isinstance(info.get("extra"), dict) else {}
+        extra = _dict(info.get("extra"))
         extra["moechat"] = summary
         info["extra"] = extra
     return info

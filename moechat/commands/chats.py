@@ -8,8 +8,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from moechat.chatfiles import markdown as markdown_export
-from moechat.chatfiles import sillytavern, tgw
+from moechat.chatfiles import markdown, sillytavern, tgw
 from moechat.errors import StoreError
 from moechat.store.records import ImportedChat, SkippedLine
 from moechat.store.store import Store
@@ -108,7 +107,7 @@ def _export(store: Store, chat_id: int, fmt: str, output: Path) -> int:
     chat = store.chat(chat_id)
     messages = store.messages(chat_id)
     if fmt == "md":
-        text = markdown_export.to_markdown(chat, messages)
+        text = markdown.to_markdown(chat, messages)
     else:
         text = sillytavern.to_jsonl(chat, messages, dict(store.iter_routing(chat_id)))
     try:

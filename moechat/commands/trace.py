@@ -17,6 +17,7 @@ from moechat.commands.model_arg import add_data_dir_argument, add_model_argument
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling, Token
 from moechat.gguf.info import expert_labels
+from moechat.routing.metrics import Routing
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,9 +34,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def token_record(tok: Token) -> dict[str, Any]:
-    probs = [[round(float(p), 7) for p in layer] for layer in tok.routing.probs]
-    experts = [[int(e) for e in layer] for layer in tok.routing.experts]
+def token_record(tok: Token, routing: Routing) -> dict[str, Any]:
+    """One read token and its routing (the token's own, known to be there)."""
+    probs = [[round(float(p), 7) for p in layer] for layer in routing.probs]
+    experts = [[int(e) for e in layer] for layer in routing.experts]
     return {
         "pos": tok.pos,
         "id": tok.id,
@@ -55,7 +57,7 @@ def trace_document(engine: Engine, tokens: Iterable[Token]) -> dict[str, Any]:
         "n_experts": info.n_experts,
         "k": info.n_experts_used,
         "expert_names": list(expert_labels(info)),
-        "tokens": [token_record(t) for t in tokens if t.routing is not None],
+        "tokens": [token_record(t, t.routing) for t in tokens if t.routing is not None],
     }
 
 

@@ -138,9 +138,11 @@ class FastCapture:
         lib.mc_data.restype = ctypes.c_void_p
         _check_layout(lib.mc_tensor_size())
         self._lib = lib
-        self._state = ctypes.c_void_p(lib.mc_new())
+        self._state: ctypes.c_void_p | None = ctypes.c_void_p(lib.mc_new())  # None once closed
         self.user_data = self._state
         address = ctypes.cast(lib.mc_callback, ctypes.c_void_p).value
+        if address is None:
+            raise EngineError("the fast capture library has no mc_callback")
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(address)
         self.kinds: tuple[str, ...] = ()
 

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp
@@ -20,7 +20,7 @@ import llama_cpp._internals as internals
 import llama_cpp._logger
 import numpy as np
 
-from moechat.engine.capture import FastCapture, PythonCapture, make_capture
+from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
 from moechat.engine.text_release import TextReleaser
 from moechat.engine.types import LoadReport, Sampling, Token
 from moechat.errors import EngineError
@@ -43,7 +43,9 @@ class Engine:
         report: LoadReport,
         full_prompt_routing: bool,
     ) -> None:
-        self.info, self._model, self._ctx, self._capture, self.report = info, model, ctx, capture, report
+        self.info, self._model, self._capture, self.report = info, model, capture, report
+        self._ctx: internals.LlamaContext | None = ctx  # None once closed
+        self._overrides: ctypes.Array | None = None  # llama.cpp keeps a pointer to the load's kv overrides
         self.full_prompt_routing = full_prompt_routing
         self.n_ctx = ctx.n_ctx()
         self.n_batch = ctx.params.n_batch
@@ -134,7 +136,7 @@ class Engine:
     # ---- generation -------------------------------------------------------------------------------------
     def stream(
         self, prompt: Sequence[int], sampling: Sampling = Sampling(), cancel: threading.Event | None = None
-    ) -> Iterator[Token]:
+    ) -> Generator[Token, None, None]:
         """Evaluate `prompt` (reusing the cached prefix) and generate; see Token for the records."""
         prompt = list(prompt)
         if not prompt:
@@ -165,7 +167,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 yield Token(len(self._kv), -1, text.flush(), b"", None, finish="cancelled")
                 return
-            tok = sampler.sample(self._ctx, -1)
+            tok = sampler.sample(self._open_ctx(), -1)
             pos, piece = len(self._kv), self.piece(tok)
             if llama_cpp.llama_vocab_is_eog(self._model.vocab, tok):
                 yield Token(pos, tok, text.flush(), piece, None, finish="eos")
@@ -189,17 +191,17 @@ class Engine:
             chunk = tokens[start : start + self.n_batch]
             pos = len(self._kv)
             self._batch.set_batch(chunk, n_past=pos, logits_all=all_outputs)
-            rc = llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch)
+            rc = llama_cpp.llama_decode(self._open_ctx().ctx, self._batch.batch)
             if rc != 0:
                 self._truncate(pos)
                 raise EngineError(f"llama_decode failed with status {rc} at position {pos}")
             self._kv.extend(chunk)
             if self._capture is not None:
-                self._store_routing(pos, len(chunk), all_outputs)
+                self._store_routing(self._capture.take(), pos, len(chunk), all_outputs)
 
-    def _store_routing(self, pos: int, n: int, all_outputs: bool) -> None:
+    def _store_routing(self, captured: list[Captured], pos: int, n: int, all_outputs: bool) -> None:
         by_layer: dict[int, list[np.ndarray]] = {}
-        for c in self._capture.take():
+        for c in captured:
             by_layer.setdefault(c.layer, []).append(c.values)
         last = self.info.n_layers - 1
         for layer, parts in by_layer.items():
@@ -220,13 +222,18 @@ class Engine:
 
     def _truncate(self, n: int) -> None:
         if n < len(self._kv):
-            self._ctx.kv_cache_seq_rm(0, n, -1)
+            self._open_ctx().kv_cache_seq_rm(0, n, -1)
             del self._kv[n:]
             self._router_logits[n:] = np.nan
 
     def _check_open(self) -> None:
+        self._open_ctx()
+
+    def _open_ctx(self) -> internals.LlamaContext:
+        """The context; EngineError once closed (llama-cpp-python leaves its pointers dangling)."""
         if self._ctx is None:
             raise EngineError("this model was closed; load it again")
+        return self._ctx
 
     # ---- observation beyond routing ---------------------------------------------------------------------
     def probe(self, tokens: Sequence[int], kinds: Sequence[str]) -> dict[str, dict[int, np.ndarray]]:
@@ -253,7 +260,7 @@ class Engine:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             self._batch.set_batch(chunk, n_past=start, logits_all=True)
-            if llama_cpp.llama_decode(self._ctx.ctx, self._batch.batch) != 0:
+            if llama_cpp.llama_decode(self._open_ctx().ctx, self._batch.batch) != 0:
                 raise EngineError("llama_decode failed while probing")
             self._kv.extend(chunk)
 

@@ -6,6 +6,7 @@ Importing this module loads no native library, so request parsing (the API's sch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from moechat.routing.metrics import Routing
 
@@ -43,6 +44,16 @@ class Token:
     prompt: bool = False
     cached: bool = False
     finish: str | None = None
+
+
+class LoadOptions(TypedDict, total=False):
+    """Engine.load's settings that the app applies to every model it loads (and to their steered variants)."""
+
+    n_ctx: int
+    n_threads: int | None
+    n_gpu_layers: int | None
+    capture: str
+    full_prompt_routing: bool
 
 
 @dataclass(frozen=True)

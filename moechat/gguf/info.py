@@ -157,14 +157,14 @@ def read_info(path: str | Path, allow_dense: bool = False) -> ModelInfo:
 
 def _check_experts(reader: gguf.GGUFReader, p: Path, arch: str, n_experts: int, n_used: int, allow_dense: bool) -> None:
     router = next((t for t in reader.tensors if t.name.endswith("ffn_gate_inp.weight")), None)
-    if n_experts == 0 and router is None and allow_dense:
-        return
-    if n_experts == 0 and router is None:
-        raise NotMoEError(
-            f"{p.name} is a dense {arch} model (no {arch}.expert_count, no router tensors): there are no "
-            "experts to watch. Load a Mixture-of-Experts GGUF, or build one with `python -m moechat build-moe`."
-        )
     if n_experts == 0:
+        if router is None and allow_dense:
+            return
+        if router is None:
+            raise NotMoEError(
+                f"{p.name} is a dense {arch} model (no {arch}.expert_count, no router tensors): there are no "
+                "experts to watch. Load a Mixture-of-Experts GGUF, or build one with `python -m moechat build-moe`."
+            )
         raise EngineError(f"{p.name} has router tensors ({router.name}) but no {arch}.expert_count.")
     if not 0 < n_used <= n_experts:
         raise EngineError(

@@ -29,6 +29,11 @@ class Planned:
     byte_shape: tuple[int, ...]
     make: Callable[[], np.ndarray]
 
+    @classmethod
+    def ready(cls, name: str, qtype: gguf.GGMLQuantizationType, data: np.ndarray) -> Planned:
+        """A tensor whose bytes are already at hand (e.g. memory-mapped from a source GGUF)."""
+        return cls(name, qtype, data.shape, lambda: data)
+
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.byte_shape))

@@ -82,6 +82,17 @@ class Candidate:
 ProgressHook = Callable[[DownloadProgress], None]
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """What one fetch asks the Hub (or its cache) for."""
+
+    repo: str
+    file: str | None
+    quant: str | None
+    cache: Path
+    token: str | None
+
+
 def resolve_model(
     value: str | None,
     data_dir: str | Path,
@@ -154,14 +165,15 @@ def fetch(
     notes: list[str] = []
     if offline:
         notes.append(f"offline (HF_HUB_OFFLINE=1): using the Hugging Face cache at {cache}")
-    files, offline = _list_files(repo, file, quant, cache, token, offline, notes)
+    wanted = _Wanted(repo, file, quant, cache, token)
+    files, offline = _list_files(wanted, offline, notes)
     try:
         chosen = choose(repo, files, file=file, quant=quant)
     except EngineError as exc:
         if not offline:
             raise
         raise EngineError(f"{_not_cached(repo, file, quant, cache, f'{repo}:{file or quant}')} ({exc})") from exc
-    paths = [_download(repo, name, cache, token, offline, progress) for name in chosen.files]
+    paths = [_download(wanted, name, offline, progress) for name in chosen.files]
     return ResolvedModel(Path(paths[0]), "hub", repo, chosen.files, chosen.quant, offline, tuple(notes))
 
 
@@ -171,12 +183,11 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or now
 
 
-def _list_files(
-    repo: str, file: str | None, quant: str | None, cache: Path, token: str | None, offline: bool, notes: list[str]
-) -> tuple[list[str], bool]:
+def _list_files(wanted: _Wanted, offline: bool, notes: list[str]) -> tuple[list[str], bool]:
+    repo, cache = wanted.repo, wanted.cache
     if not offline:
         try:
-            return huggingface_hub.list_repo_files(repo, token=token), False
+            return huggingface_hub.list_repo_files(repo, token=wanted.token), False
         except errors.GatedRepoError as exc:
             raise EngineError(f"{repo} is gated: accept its terms on huggingface.co and set HF_TOKEN.") from exc
         except errors.RepositoryNotFoundError as exc:
@@ -188,7 +199,7 @@ def _list_files(
     try:
         folder = huggingface_hub.snapshot_download(repo, cache_dir=cache, local_files_only=True)
     except errors.LocalEntryNotFoundError as exc:
-        raise EngineError(_not_cached(repo, file, quant, cache)) from exc
+        raise EngineError(_not_cached(repo, wanted.file, wanted.quant, cache)) from exc
     return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()), True
 
 
@@ -210,12 +221,16 @@ def _not_cached(repo: str, file: str | None, quant: str | None, cache: Path, wha
     )
 
 
-def _download(
-    repo: str, name: str, cache: Path, token: str | None, offline: bool, progress: ProgressHook | None
-) -> str:
+def _download(wanted: _Wanted, name: str, offline: bool, progress: ProgressHook | None) -> str:
+    repo, cache = wanted.repo, wanted.cache
     try:
         path = huggingface_hub.hf_hub_download(
-            repo, name, cache_dir=cache, token=token, local_files_only=offline, tqdm_class=progress_bar_class(progress)
+            repo,
+            name,
+            cache_dir=cache,
+            token=wanted.token,
+            local_files_only=offline,
+            tqdm_class=progress_bar_class(progress),
         )
     except errors.LocalEntryNotFoundError as exc:
         raise EngineError(_not_cached(repo, name, None, cache, f"{repo}/{name}")) from exc
@@ -233,6 +248,7 @@ def progress_bar_class(hook: ProgressHook | None) -> type[hf_tqdm]:
     """huggingface_hub's tqdm bar (stderr; off with HF_HUB_DISABLE_PROGRESS_BARS=1) that also calls `hook`."""
     if hook is None:
         return hf_tqdm
+    report: ProgressHook = hook  # not Optional: the bar's methods below close over it
 
     class ReportingBar(hf_tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -242,7 +258,7 @@ def progress_bar_class(hook: ProgressHook | None) -> type[hf_tqdm]:
         def update(self, n: float | None = 1) -> bool | None:
             self._done += int(n or 0)
             total = int(self._total) if isinstance(self._total, (int, float)) else None
-            hook(DownloadProgress(self._name, self._done, total))
+            report(DownloadProgress(self._name, self._done, total))
             return super().update(n)
 
     return ReportingBar

@@ -16,23 +16,21 @@ prompt, then stream) should hold a lease.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from moechat.engine.engine import Engine
+from moechat.engine.types import LoadOptions
 from moechat.errors import EngineError
-
-Loader = Callable[..., Engine]
 
 
 class ModelSlot:
     """Owns the current Engine, its steered variants, and the leases on them."""
 
-    def __init__(self, engine: Engine, load_options: dict[str, Any] | None = None, cache_dir: Path | None = None):
+    def __init__(self, engine: Engine, load_options: LoadOptions | None = None, cache_dir: Path | None = None):
         self._engine = engine
-        self._options = dict(load_options or {})
+        self._options: LoadOptions = load_options.copy() if load_options else {}
         self._cache_dir = cache_dir
         self._lock = threading.Condition()
         self._leases: dict[int, int] = {}  # id(engine) -> leases held
@@ -91,8 +89,8 @@ class ModelSlot:
             self._close_when_free(engine)
 
     @property
-    def load_options(self) -> dict[str, Any]:
-        return dict(self._options)
+    def load_options(self) -> LoadOptions:
+        return self._options.copy()
 
     # ---- internals -------------------------------------------------------------------------------------
     def _variant(self, base: Engine, mode: str, expert: int | None) -> Engine:

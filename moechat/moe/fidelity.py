@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from moechat.errors import EngineError
 from moechat.gguf.info import read_info
 from moechat.routing.agreement import Agreement, compare
 from moechat.routing.metrics import softmax
+
+if TYPE_CHECKING:
+    from moechat.engine.engine import Engine
 
 ROUTER_KIND, OUTPUT_KIND = "ffn_moe_logits", "result_output"
 # A fixed, varied set: role-play, dialogue, narration, instructions, code, arithmetic, facts, lists, other scripts.
@@ -160,9 +164,9 @@ def teacher_forced(
     return ids, Run(np.concatenate(routers), np.concatenate(outputs), tuple(len(s) for s in ids))
 
 
-def _probe(engine: object, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    got = engine.probe(ids, [ROUTER_KIND, OUTPUT_KIND])  # type: ignore[attr-defined]
-    n_layers = engine.info.n_layers  # type: ignore[attr-defined]
+def _probe(engine: Engine, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    got = engine.probe(ids, [ROUTER_KIND, OUTPUT_KIND])
+    n_layers = engine.info.n_layers
     layers = got.get(ROUTER_KIND, {})
     if sorted(layers) != list(range(n_layers)) or any(len(v) != len(ids) for v in layers.values()):
         raise EngineError(f"router logits were not captured for every layer and token ({sorted(layers)})")

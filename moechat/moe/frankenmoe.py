@@ -98,7 +98,7 @@ def plan_tensors(base: Source, experts: list[Source], config: MoEConfig, gates: 
         m = _FFN_NAME.fullmatch(tensor.name)
         if m is None:
             data = raw_bytes(tensor)
-            plan.append(Planned(tensor.name, tensor.tensor_type, data.shape, lambda d=data: d))
+            plan.append(Planned.ready(tensor.name, tensor.tensor_type, data))
             continue
         layer = int(m.group(1))
         if layer not in routed:

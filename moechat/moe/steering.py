@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import gguf
 
@@ -32,6 +32,7 @@ from moechat.gguf.write import Planned, raw_bytes, reader_kvs, write_gguf
 
 if TYPE_CHECKING:
     from moechat.engine.engine import Engine
+    from moechat.engine.types import LoadOptions
 
 SOLO_VERSION = "1"
 SOLO_KEY = "moechat.solo_expert"
@@ -40,7 +41,7 @@ _EXPERTS = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight")
 _HEADER_BYTES = 1 << 20
 
 
-def top1_engine(path: str | Path, **load_options: Any) -> Engine:
+def top1_engine(path: str | Path, **load_options: Unpack[LoadOptions]) -> Engine:
     """The model loaded with top-1 routing (only each token's first-choice expert runs)."""
     from moechat.engine.engine import Engine
 
@@ -99,7 +100,7 @@ def _plan(reader: gguf.GGUFReader, expert: int, n_layers: int) -> list[Planned]:
             data = data[expert]
             sliced.add((int(m[1]), m[2]))
         name = f"blk.{m[1]}.ffn_{m[2]}.weight" if m else t.name
-        plan.append(Planned(name, t.tensor_type, data.shape, lambda d=data: d))
+        plan.append(Planned.ready(name, t.tensor_type, data))
     missing = {(i, k) for i in range(n_layers) for k in ("gate", "up", "down")} - sliced
     if missing:
         raise EngineError(f"no stacked expert tensors for {sorted(missing)[:3]}...: not a stacked-expert MoE GGUF")

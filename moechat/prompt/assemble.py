@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 from moechat.cards import macros
 from moechat.errors import PromptError
 from moechat.prompt.budget import Inject, Line, Parts, Report, fit, grow, render_prompt, report, shrink
-from moechat.prompt.formats import Format, Mode, Turn, stop_strings
+from moechat.prompt.formats import Format, Mode, Role, Turn, stop_strings
 
 Counter = Callable[[str], int]
 __all__ = ["AuthorsNote", "Budget", "Message", "Persona", "Prompt", "Report", "build", "estimate_tokens"]
@@ -250,7 +250,7 @@ def _example(fmt: Format, block: str, char: str, user: str) -> tuple[Turn, ...]:
     """One example conversation: turns after the chat's speakers, or one `<START>` text for the system block."""
     if not fmt.examples_as_turns:
         return (Turn("system", f"<START>\n{block}", raw=True),)
-    roles = {"user": ("user", user), "char": ("model", char), "": ("system", "")}
+    roles: dict[str, tuple[Role, str]] = {"user": ("user", user), "char": ("model", char), "": ("system", "")}
     turns = tuple(
         Turn(roles[who][0], text, roles[who][1]) for who, text in macros.split_turns(block, char=char, user=user)
     )

@@ -182,8 +182,10 @@ def render_prompt(parts: Parts, keep: Keep, count: Counter) -> tuple[str, int]:
     return text, count(text)
 
 
-SECTIONS = ("system", "description", "personality", "scenario", "persona", "lore", "examples", "history")
-SECTIONS += ("authors_note", "post_history", "cue", "format")
+SECTIONS = (
+    *("system", "description", "personality", "scenario", "persona", "lore", "examples", "history"),
+    *("authors_note", "post_history", "cue", "format"),
+)
 
 
 def report(parts: Parts, keep: Keep, count: Counter, total: int, available: int, estimated: bool) -> Report:

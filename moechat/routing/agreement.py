@@ -55,9 +55,10 @@ def compare(
     n = ok.sum(axis=0)
     agree = ((c_a == c_b) & ok).sum(axis=0)
     dp = np.abs(probs_a.astype(np.float64) - probs_b).mean(axis=-1)
-    have_logits = logits_a is not None and logits_b is not None
-    m_a = logit_margin(logits_a if have_logits else probs_a, logits=have_logits)
-    m_b = logit_margin(logits_b if have_logits else probs_b, logits=have_logits)
+    if logits_a is not None and logits_b is not None:
+        m_a, m_b = logit_margin(logits_a, logits=True), logit_margin(logits_b, logits=True)
+    else:
+        m_a, m_b = logit_margin(probs_a, logits=False), logit_margin(probs_b, logits=False)
     return Agreement(
         top1=_ratio(agree, n),
         kappa=cohen_kappa(c_a, c_b, probs_a.shape[-1]),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moechat.routing import metrics as routing
+from moechat.routing import metrics
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -42,18 +42,18 @@ def summarize(
     segments: np.ndarray | None = None,
 ) -> Summary:
     """Summary of probs [T, L, E] (NaN rows = missing routing, ignored); experts [T, L, k] and segments as in
-    routing.repeat_rate."""
+    metrics.repeat_rate."""
     if len(expert_names) != probs.shape[-1]:
         raise ValueError(f"{len(expert_names)} expert names for {probs.shape[-1]} experts")
-    layer_share = routing.soft_share(probs)
-    layer_entropy = routing.layer_entropy(probs)
-    layer_mi = routing.mutual_information(probs)
-    layer_repeat = routing.repeat_rate(probs, experts, segments)
-    layer_baseline = routing.repeat_baseline(probs, experts)
+    layer_share = metrics.soft_share(probs)
+    layer_entropy = metrics.layer_entropy(probs)
+    layer_mi = metrics.mutual_information(probs)
+    layer_repeat = metrics.repeat_rate(probs, experts, segments)
+    layer_baseline = metrics.repeat_baseline(probs, experts)
     share = _layer_mean(layer_share)
     return Summary(
         expert_names=tuple(expert_names),
-        n_tokens=int(routing.valid(probs).any(axis=1).sum()),
+        n_tokens=int(metrics.valid(probs).any(axis=1).sum()),
         share=tuple(float(s) for s in share),
         layer_share=layer_share,
         entropy=float(_layer_mean(layer_entropy)),

@@ -60,6 +60,13 @@ def _stats_tuple(s: GenStats) -> tuple:
     return (s.model, s.tokens_per_s, s.n_tokens, int(s.stopped), s.gen_started, s.gen_finished)
 
 
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added."""
+    if cur.lastrowid is None:  # sqlite3 sets it after every INSERT that added a row
+        raise StoreError("the database reported no id for a new row")
+    return cur.lastrowid
+
+
 def insert_swipe(
     conn: sqlite3.Connection, message_id: int, text: str, stats: GenStats, info: dict | None = None
 ) -> int:
@@ -71,7 +78,7 @@ def insert_swipe(
         (message_id, idx, text, time.time(), *_stats_tuple(stats), json.dumps(info or {}, ensure_ascii=False)),
     )
     conn.execute("UPDATE messages SET swipe_index = ? WHERE id = ?", (idx, message_id))
-    return int(cur.lastrowid)
+    return inserted_id(cur)
 
 
 def insert_message(
@@ -85,7 +92,7 @@ def insert_message(
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (chat_id, pos[0], role, name, created, int(hidden), json.dumps(source, ensure_ascii=False)),
     )
-    return int(cur.lastrowid)
+    return inserted_id(cur)
 
 
 def read_messages(conn: sqlite3.Connection, where: str, args: tuple) -> list[Message]:

@@ -13,12 +13,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from moechat.errors import StoreError
-from moechat.store.messages import MessagesMixin, insert_message, insert_swipe, read_messages
+from moechat.store.messages import MessagesMixin, insert_message, insert_swipe, inserted_id, read_messages
 from moechat.store.records import LOCAL_OWNER, Character, ChatInfo, GenStats, ImportedChat, ImportedSwipe
 from moechat.store.routing import copy_for_swipe
 from moechat.store.schema import migrate
@@ -33,7 +33,22 @@ CHAT_COLUMNS = (
 
 
 def _chat_from_row(row: tuple) -> ChatInfo:
-    return ChatInfo(*row[:13], header=json.loads(row[13]))
+    return ChatInfo(
+        id=row[0],
+        owner=row[1],
+        character_id=row[2],
+        character_name=row[3],
+        title=row[4],
+        created=row[5],
+        updated=row[6],
+        format=row[7],
+        persona=row[8],
+        authors_note=row[9],
+        parent_chat_id=row[10],
+        branch_message_id=row[11],
+        message_count=row[12],
+        header=json.loads(row[13]),
+    )
 
 
 def _card_text(card: str | dict[str, Any]) -> str:
@@ -111,10 +126,10 @@ class Store(MessagesMixin):
                     self._conn.execute("ROLLBACK")
                 raise StoreError(_db_error(self.path, exc)) from exc
 
-    def _read(self) -> Any:
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._tx("BEGIN")
 
-    def _write(self) -> Any:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._tx("BEGIN IMMEDIATE")
 
     # characters
@@ -127,7 +142,7 @@ class Store(MessagesMixin):
                 "INSERT INTO characters (owner, name, card_json, created, updated) VALUES (?, ?, ?, ?, ?)",
                 (self.owner, name, text, now, now),
             )
-        return self.character(int(cur.lastrowid))
+        return self.character(inserted_id(cur))
 
     def update_character(self, character_id: int, card: str | dict[str, Any], name: str | None = None) -> Character:
         text = _card_text(card)
@@ -191,7 +206,7 @@ class Store(MessagesMixin):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.owner, character_id, title, now, now, format, persona, authors_note),
             )
-            chat_id = int(cur.lastrowid)
+            chat_id = inserted_id(cur)
             if greetings:
                 message_id = insert_message(conn, chat_id, "assistant", name, now, False, {})
                 for text in greetings:
@@ -212,6 +227,7 @@ class Store(MessagesMixin):
 
     def chats(self, character_id: int | None = None) -> list[ChatInfo]:
         """This owner's chats, most recently updated first (never reads messages' text or routing)."""
+        args: tuple[str | int, ...]
         where, args = "c.owner = ?", (self.owner,)
         if character_id is not None:
             where, args = where + " AND c.character_id = ?", (*args, character_id)
@@ -254,7 +270,7 @@ class Store(MessagesMixin):
                 " FROM chats WHERE id = ?",
                 (title if title is not None else f"{parent[3] or 'chat'} (branch)", now, now, message_id, chat_id),
             )
-            new_id = int(cur.lastrowid)
+            new_id = inserted_id(cur)
             position = conn.execute("SELECT position FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
             for message in read_messages(conn, "m.chat_id = ? AND m.position <= ?", (chat_id, position)):
                 self._copy_message(conn, message, new_id)
@@ -285,13 +301,13 @@ class Store(MessagesMixin):
                     "INSERT INTO characters (owner, name, card_json, created, updated) VALUES (?, ?, ?, ?, ?)",
                     (self.owner, chat.character_name, _card_text(card or minimal), now, now),
                 )
-            character_id = existing.id if existing else int(cur.lastrowid)
+            character_id = existing.id if existing else inserted_id(cur)
             cur = conn.execute(
                 "INSERT INTO chats (owner, character_id, title, created, updated, persona, authors_note, header_json)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.owner, character_id, chat.title, chat.created or now, now, *note_persona, header),
             )
-            chat_id = int(cur.lastrowid)
+            chat_id = inserted_id(cur)
             for m in chat.messages:
                 message_id = insert_message(conn, chat_id, m.role, m.name, m.created or now, m.hidden, m.source)
                 for swipe in m.swipes or (ImportedSwipe(""),):
