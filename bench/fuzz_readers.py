@@ -42,8 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from moechat import lorebook, sillytavern, tgw  # noqa: E402
+from moechat.cards import lorebook  # noqa: E402
 from moechat.cards.card import Card, card_bytes, read_card  # noqa: E402
+from moechat.chatfiles import sillytavern, tgw  # noqa: E402
 from moechat.errors import CardError, EngineError, StoreError  # noqa: E402
 from moechat.gguf.info import read_info  # noqa: E402
 from moechat.gguf.tiny import TinySpec, write_tiny_gguf  # noqa: E402

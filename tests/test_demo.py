@@ -17,7 +17,7 @@ import jinja2
 import numpy as np
 import pytest
 
-from moechat import engine as engine_module
+from moechat.engine import engine as engine_module
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling
 from moechat.errors import EngineError

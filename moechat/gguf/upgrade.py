@@ -78,8 +78,7 @@ def plan_stacked(reader: gguf.GGUFReader, name: str) -> list[Planned]:
     for t in reader.tensors:
         m = SPLIT_EXPERT.fullmatch(t.name)
         if m is None:
-            data = raw_bytes(t)
-            plan.append(Planned(t.name, t.tensor_type, data.shape, lambda d=data: d))
+            plan.append(Planned.ready(t.name, t.tensor_type, raw_bytes(t)))
         elif (key := (int(m[1]), m[2])) in groups:
             plan.append(_stack(*key, groups.pop(key), n_experts, name))
     return plan
