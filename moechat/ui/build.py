@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any, Literal, TypedDict, TypeVar
 
 import gradio as gr
+from gradio.components import Component
 
 from moechat.config import Settings
 from moechat.library import import_bundled
@@ -25,13 +27,31 @@ from moechat.ui.characters import Characters
 from moechat.ui.chat import ChatUI
 from moechat.ui.chats import ChatList
 from moechat.ui.html import CSS
-from moechat.ui.layout import characters_tab, chat_tab, model_tab
+from moechat.ui.layout import CharactersTab, ChatTab, ModelTab, TalkColumn, characters_tab, chat_tab, model_tab
 from moechat.ui.messages import MessageActions
 from moechat.ui.models import ModelSwitcher, expert_choices
+from moechat.ui.outputs import ChatOpened, ChatOutputs
 from moechat.ui.session import Session, StopFlags, Stores
+from moechat.ui.turn_inputs import TurnInputs
 
-LLM = {"concurrency_id": "llm", "concurrency_limit": 1, "api_visibility": "private"}
-PRIVATE = {"api_visibility": "private"}
+T = TypeVar("T")
+
+
+class Private(TypedDict):
+    """Event-listener keywords: the event is no API endpoint."""
+
+    api_visibility: Literal["public", "private", "undocumented"]
+
+
+class OnTheModel(Private):
+    """... and it runs in the one-at-a-time queue of the model."""
+
+    concurrency_id: str
+    concurrency_limit: int
+
+
+LLM: OnTheModel = {"concurrency_id": "llm", "concurrency_limit": 1, "api_visibility": "private"}
+PRIVATE: Private = {"api_visibility": "private"}
 
 
 def _secret(data_dir: Path) -> str:
@@ -43,8 +63,48 @@ def _secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-class Handlers(SimpleNamespace):
+@dataclass(frozen=True)
+class Handlers:
     """The handler objects one app shares between all visitors."""
+
+    chat: ChatUI
+    chats: ChatList
+    characters: Characters
+    actions: MessageActions
+    models: ModelSwitcher
+
+
+@dataclass(frozen=True)
+class Page:
+    """Every component the events use: the per-visitor states and the three tabs."""
+
+    session: gr.State
+    owner: gr.BrowserState
+    pending: gr.State  # the message being sent (the box is cleared at once)
+    chat: ChatTab
+    characters: CharactersTab
+    model: ModelTab
+
+    def outputs(self) -> ChatOutputs[Component]:
+        talk, routing = self.chat.talk, self.chat.routing
+        return ChatOutputs(
+            session=self.session,
+            chatbot=talk.chatbot,
+            tokens=routing.tokens,
+            heatmap=routing.heatmap,
+            bars=routing.bars,
+            metrics=routing.metrics,
+            user_tokens=routing.user_tokens,
+            drift=routing.drift,
+            context=routing.context,
+            model_panel=self.model.model_md,
+        )
+
+    def opened(self) -> list[Component]:
+        side = self.chat.chats
+        return list(
+            ChatOpened(self.outputs(), picker=side.chat_pick, info=side.char_info, title=side.chat_title).flat()
+        )
 
 
 def _handlers(slot: ModelSlot, store: Store, settings: Settings) -> Handlers:
@@ -67,28 +127,24 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
         session = gr.State(Session())
         owner = gr.BrowserState("", storage_key="moechat_owner", secret=_secret(Path(settings.data_dir)))
         pending = gr.State("")
-        c = chat_tab(engine.info.n_layers, expert_choices(engine))
-        k = characters_tab()
-        m = model_tab(h.models.panel(), h.models.status())
-        ui = SimpleNamespace(session=session, owner=owner, pending=pending, **vars(c), **vars(k), **vars(m))
+        chat = chat_tab(engine.info.n_layers, expert_choices(engine))
+        characters = characters_tab()
+        model = model_tab(h.models.panel(), h.models.status())
+        ui = Page(session, owner, pending, chat, characters, model)
         _wire_chats(demo, ui, h, settings)
         _wire_turns(ui, h)
         _wire_characters(ui, h)
-        m.model_load.click(h.models.load, [m.model_in], [m.model_md, m.model_status, c.layer, c.solo_expert], **LLM)
+        switched = [model.model_md, model.model_status, chat.routing.layer, chat.talk.solo_expert]
+        model.model_load.click(h.models.load, [model.model_in], switched, **LLM)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
 
 
-def _outputs(ui: SimpleNamespace) -> list:
-    return [ui.session, ui.chatbot, ui.tokens, ui.heat, ui.bars, ui.metrics, ui.user_tokens, ui.drift, ui.context,
-            ui.model_md]  # fmt: skip
-
-
-def _wire_chats(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers, settings: Settings) -> None:
-    opened = [*_outputs(ui), ui.chat_pick, ui.char_info, ui.chat_title]
+def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> None:
+    side, opened = ui.chat.chats, ui.opened()
     data_dir = Path(settings.data_dir)
 
-    def on_load(owner_id: str):
+    def on_load(owner_id: str) -> tuple:
         s = Session(owner=(owner_id or uuid.uuid4().hex) if settings.hosted else LOCAL_OWNER)
         store_s = h.chat.stores.get(s.owner)
         if settings.hosted:
@@ -97,50 +153,70 @@ def _wire_chats(demo: gr.Blocks, ui: SimpleNamespace, h: Handlers, settings: Set
         pics = h.characters.gallery(s)
         return (s.owner, pics, *h.chats.open(s, latest[0].id if latest else None))
 
-    demo.load(on_load, [ui.owner], [ui.owner, ui.gallery, *opened], **PRIVATE)
-    ui.gallery.select(h.characters.pick, [ui.session], opened, **PRIVATE)
-    ui.chat_pick.input(h.chats.pick, [ui.session, ui.chat_pick], opened, **PRIVATE)
-    ui.new_chat.click(h.chats.new, [ui.session, ui.user_name], opened, **PRIVATE)
-    ui.rename.click(h.chats.rename, [ui.session, ui.chat_title], opened, **PRIVATE)
-    ui.delete_chat.click(h.chats.delete, [ui.session], opened, **PRIVATE)
-    ui.branch.click(h.chats.branch, [ui.session], opened, **PRIVATE)
-    ui.export_jsonl.click(h.chats.export_jsonl, [ui.session], [ui.chat_file], **PRIVATE)
-    ui.export_md.click(h.chats.export_markdown, [ui.session], [ui.chat_file], **PRIVATE)
+    demo.load(on_load, [ui.owner], [ui.owner, side.gallery, *opened], **PRIVATE)
+    side.gallery.select(h.characters.pick, [ui.session], opened, **PRIVATE)
+    side.chat_pick.input(h.chats.pick, [ui.session, side.chat_pick], opened, **PRIVATE)
+    side.new_chat.click(h.chats.new, [ui.session, ui.chat.talk.user_name], opened, **PRIVATE)
+    side.rename.click(h.chats.rename, [ui.session, side.chat_title], opened, **PRIVATE)
+    side.delete_chat.click(h.chats.delete, [ui.session], opened, **PRIVATE)
+    side.branch.click(h.chats.branch, [ui.session], opened, **PRIVATE)
+    side.export_jsonl.click(h.chats.export_jsonl, [ui.session], [side.chat_file], **PRIVATE)
+    side.export_md.click(h.chats.export_markdown, [ui.session], [side.chat_file], **PRIVATE)
 
 
-def _wire_turns(ui: SimpleNamespace, h: Handlers) -> None:
-    outputs = _outputs(ui)
-    opts = [ui.preset, ui.max_tokens, ui.seed, ui.fmt, ui.user_name, ui.persona]
-    for trigger in (ui.send.click, ui.msg.submit):
-        trigger(lambda t: ("", t), [ui.msg], [ui.msg, ui.pending], queue=False, **PRIVATE).then(
-            h.chat.send, [ui.session, ui.pending, *opts], outputs, **LLM
+def _turn_controls(talk: TalkColumn) -> list[Component]:
+    """The controls of TurnInputs' fields, in its order (the controls are named as the fields)."""
+    return [getattr(talk, f.name) for f in fields(TurnInputs)]
+
+
+def _turn_event(handler: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    """A turn handler as Gradio calls it. Gradio passes the inputs' values positionally, here the turn controls'
+    last (see _turn_controls), and the request to the first parameter, by its annotation (only positional
+    parameters are looked at, and only when every annotation resolves). The handler gets (*the other values,
+    TurnInputs, request)."""
+    n = len(fields(TurnInputs))
+
+    def event(request: gr.Request, *values: Any) -> Iterator[T]:
+        yield from handler(*values[:-n], TurnInputs(*values[-n:]), request)
+
+    event.__name__ = event.__qualname__ = handler.__name__  # Gradio names the (private) endpoint after it
+    return event
+
+
+def _wire_turns(ui: Page, h: Handlers) -> None:
+    talk, routing = ui.chat.talk, ui.chat.routing
+    outputs, turn = list(ui.outputs()), _turn_controls(talk)
+    send = _turn_event(h.chat.send)
+    for trigger in (talk.send.click, talk.msg.submit):
+        trigger(lambda t: ("", t), [talk.msg], [talk.msg, ui.pending], queue=False, **PRIVATE).then(
+            send, [ui.session, ui.pending, *turn], outputs, **LLM
         )
-    ui.regen.click(h.chat.regenerate, [ui.session, *opts], outputs, **LLM)
-    ui.cont.click(h.chat.continue_reply, [ui.session, *opts], outputs, **LLM)
-    ui.imp.click(h.chat.impersonate, [ui.session, *opts], [ui.msg], **LLM)
-    ui.steer_top1.click(h.chat.steer_top1, [ui.session, *opts], outputs, **LLM)
-    ui.steer_solo.click(h.chat.steer_solo, [ui.session, ui.solo_expert, *opts], outputs, **LLM)
-    ui.stop.click(h.chat.stop, None, None, concurrency_limit=None, concurrency_id="stop", **PRIVATE)
+    talk.regen.click(_turn_event(h.chat.regenerate), [ui.session, *turn], outputs, **LLM)
+    talk.cont.click(_turn_event(h.chat.continue_reply), [ui.session, *turn], outputs, **LLM)
+    talk.imp.click(_turn_event(h.chat.impersonate), [ui.session, *turn], [talk.msg], **LLM)
+    talk.steer_top1.click(_turn_event(h.chat.steer_top1), [ui.session, *turn], outputs, **LLM)
+    talk.steer_solo.click(_turn_event(h.chat.steer_solo), [ui.session, talk.solo_expert, *turn], outputs, **LLM)
+    talk.stop.click(h.chat.stop, None, None, concurrency_limit=None, concurrency_id="stop", **PRIVATE)
     a = h.actions
-    ui.swipe_prev.click(a.swipe_left, [ui.session], outputs, **PRIVATE)
-    ui.swipe_next.click(a.swipe_right, [ui.session], outputs, **PRIVATE)
-    ui.chatbot.select(a.select, [ui.session], [*outputs, ui.edit_box, ui.hidden], **PRIVATE)
-    ui.save_edit.click(a.save_edit, [ui.session, ui.edit_box], outputs, **PRIVATE)
-    ui.delete_msg.click(a.delete, [ui.session], outputs, **PRIVATE)
-    ui.hidden.input(a.set_hidden, [ui.session, ui.hidden], outputs, **PRIVATE)
-    ui.layer.change(a.layer, [ui.session, ui.layer], [ui.session, ui.tokens], **PRIVATE)
+    talk.swipe_prev.click(a.swipe_left, [ui.session], outputs, **PRIVATE)
+    talk.swipe_next.click(a.swipe_right, [ui.session], outputs, **PRIVATE)
+    talk.chatbot.select(a.select, [ui.session], [*outputs, talk.edit_box, talk.hidden], **PRIVATE)
+    talk.save_edit.click(a.save_edit, [ui.session, talk.edit_box], outputs, **PRIVATE)
+    talk.delete_msg.click(a.delete, [ui.session], outputs, **PRIVATE)
+    talk.hidden.input(a.set_hidden, [ui.session, talk.hidden], outputs, **PRIVATE)
+    routing.layer.change(a.layer, [ui.session, routing.layer], [ui.session, routing.tokens], **PRIVATE)
 
 
-def _wire_characters(ui: SimpleNamespace, h: Handlers) -> None:
-    opened = [*_outputs(ui), ui.chat_pick, ui.char_info, ui.chat_title]
-    ch = h.characters
-    ui.card_file.upload(ch.upload, [ui.session, ui.card_file], [ui.gallery, *opened], **PRIVATE)
-    for f, button in ui.exp.items():
-        button.click(partial(ch.export, fmt=f), [ui.session], [ui.card_out], **PRIVATE)
-    ui.load_editor.click(ch.editor_values, [ui.session], ui.editor, **PRIVATE)
-    ui.save_new.click(ch.save_new, [ui.session, *ui.editor], [ui.gallery, *opened], **PRIVATE)
-    ui.save_old.click(ch.save_existing, [ui.session, *ui.editor], [ui.gallery, *opened], **PRIVATE)
-    ui.delete_char.click(ch.delete, [ui.session], [ui.gallery, *opened], **PRIVATE)
+def _wire_characters(ui: Page, h: Handlers) -> None:
+    tab, ch = ui.characters, h.characters
+    changed = [ui.chat.chats.gallery, *ui.opened()]
+    tab.card_file.upload(ch.upload, [ui.session, tab.card_file], changed, **PRIVATE)
+    for fmt, button in tab.exports.items():
+        button.click(partial(ch.export, fmt=fmt), [ui.session], [tab.card_out], **PRIVATE)
+    tab.load_editor.click(ch.editor_values, [ui.session], tab.editor, **PRIVATE)
+    tab.save_new.click(ch.save_new, [ui.session, *tab.editor], changed, **PRIVATE)
+    tab.save_old.click(ch.save_existing, [ui.session, *tab.editor], changed, **PRIVATE)
+    tab.delete_char.click(ch.delete, [ui.session], changed, **PRIVATE)
 
 
 def launch(demo: gr.Blocks, settings: Settings, *, block: bool = True, on_app: Callable[[object], None] | None = None):

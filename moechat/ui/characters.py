@@ -1,5 +1,6 @@
 """Character events: the gallery (pick a character to chat with), import a card file, export one, and the
-card editor (create a new character or update the selected one)."""
+card editor (create a new character or update the selected one). Events that change the gallery return
+(gallery, *ui.outputs.ChatOpened)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ from moechat.errors import MoechatError
 from moechat.library import add_card, avatar_file, card_of, edited_card, export_card
 from moechat.ui.chats import ChatList
 from moechat.ui.html import card_markdown
+from moechat.ui.outputs import ChatOpened
 from moechat.ui.session import Session
 
 EDITOR_FIELDS = ("name", "description", "personality", "scenario", "first_mes", "tags", "creator_notes")
+
+
+def _unchanged() -> tuple:
+    """(gallery, *ChatOpened) with nothing changed."""
+    return (gr.skip(), *ChatOpened.skip().flat())
 
 
 class Characters:
@@ -60,13 +67,13 @@ class Characters:
     def upload(self, session: Session, path: str | None) -> tuple:
         """Import a PNG/JSON/CHARX/YAML card and open a chat with it. Returns (gallery, *chat outputs)."""
         if not path:
-            return (gr.skip(), *self.chats.skip())
+            return _unchanged()
         try:
             card = read_card(Path(path), max_bytes=self.max_bytes)
             character = add_card(self._store(session), self.data_dir, card)
         except MoechatError as exc:
             gr.Warning(f"could not import {Path(path).name}: {exc}")
-            return (gr.skip(), *self.chats.skip())
+            return _unchanged()
         gr.Info(f"Imported {character.name}.")
         opened = self.open_character(session, character.id)
         return (self.gallery(session), *opened)
@@ -92,7 +99,7 @@ class Characters:
             character = add_card(store, self.data_dir, edited_card(base, fields), target)
         except MoechatError as exc:
             gr.Warning(str(exc))
-            return (gr.skip(), *self.chats.skip())
+            return _unchanged()
         gr.Info(f"Saved {character.name}.")
         return (self.gallery(session), *self.open_character(session, character.id))
 
@@ -102,16 +109,16 @@ class Characters:
     def save_existing(self, session: Session, *values: str) -> tuple:
         if session.character_id is None:
             gr.Warning("Pick a character to update, or use 'Save as new'.")
-            return (gr.skip(), *self.chats.skip())
+            return _unchanged()
         return self.save(session, False, *values)
 
     def delete(self, session: Session) -> tuple:
         if session.character_id is None:
-            return (gr.skip(), *self.chats.skip())
+            return _unchanged()
         try:
             self._store(session).delete_character(session.character_id)
         except MoechatError as exc:
             gr.Warning(str(exc))
-            return (gr.skip(), *self.chats.skip())
+            return _unchanged()
         session.character_id = None
         return (self.gallery(session), *self.chats.open(session, None))

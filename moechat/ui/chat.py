@@ -1,7 +1,8 @@
 """Chat events: send, regenerate, continue, impersonate, steered replies (top-1 routing, one expert only) and
 stop, all streamed. A turn itself is chat.py's; this module folds its Updates into component values at a bounded
 cadence, with per-refresh work proportional to the new tokens (see ui_live), and turns domain errors into
-warnings. Every chat handler returns the values of ui_views.N_OUT outputs (gr.skip() for what did not change).
+warnings. Every chat handler yields ui.outputs.ChatOutputs (gr.skip() for what did not change); the turn
+handlers take the controls' values as one TurnInputs (built by the wiring).
 """
 
 from __future__ import annotations
@@ -10,102 +11,111 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import gradio as gr
 
 from moechat import chat
 from moechat.engine.engine import Engine
-from moechat.engine.types import Sampling
 from moechat.errors import MoechatError
 from moechat.moe.steering import steering_label
 from moechat.ui.html import chat_message, context_html
 from moechat.ui.live import LiveReply
+from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import Shown, heatmap, metrics_view, share_bars, token_view
-from moechat.ui.views import N_OUT, ChatViews, skip_all
+from moechat.ui.session import Session
+from moechat.ui.turn_inputs import TurnInputs
+from moechat.ui.views import ChatViews
 
 log = logging.getLogger(__name__)
 LIVE_EVERY_S = 0.15  # chat text and coloured tokens while streaming (and the final update)
 METRICS_EVERY_S = 1.0  # routing metrics while streaming (a summary of the whole reply so far)
 FIGURES_EVERY_S = 3.0  # heatmap and share bars while streaming (costly to build and to draw; final one always)
 FIGURES_BUDGET = 0.02  # ... and at most this share of the streaming time goes into building them
-PRESETS: dict[str, Sampling] = {
-    "Balanced": Sampling(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05, repeat_penalty=1.05),
-    "Precise": Sampling(temperature=0.3, top_p=0.9, top_k=20, min_p=0.1, repeat_penalty=1.05),
-    "Creative": Sampling(temperature=1.1, top_p=0.98, top_k=0, min_p=0.02, repeat_penalty=1.1),
-    "Greedy (repeatable)": Sampling(temperature=0.0),
-}
-__all__ = ["N_OUT", "PRESETS", "ChatUI", "skip_all"]
+Steer = tuple[str, int | None]  # moechat.moe.steering's mode ("top1", "solo") and expert
 
 
-def turn_options(preset: str, max_tokens: float, seed: float | None, fmt: str, user_name: str, persona: str):
-    base = PRESETS.get(preset, PRESETS["Balanced"])
-    sampling = replace(base, max_tokens=int(max_tokens), seed=None if seed in (None, -1) else int(seed))
-    fmt_name = None if fmt in ("", "auto", None) else fmt
-    return chat.TurnOptions(sampling=sampling, format=fmt_name, user_name=user_name or "You", persona=persona or "")
+@dataclass(frozen=True)
+class Action:
+    """What a streamed turn does: send `text`, or regenerate or continue the last reply, optionally steered."""
+
+    kind: Literal["send", "regenerate", "continue"]
+    text: str = ""
+    steer: Steer | None = None
 
 
 class ChatUI(ChatViews):
-    # ---- streamed turns (explicit parameters: Gradio injects gr.Request by its annotation) --------------
-    def send(self, session, text: str, preset, max_tokens, seed, fmt, user_name, persona, request: gr.Request = None):
+    # ---- streamed turns (the request is Gradio's, for the per-tab stop flag) --------------------------------
+    def send(
+        self, session: Session, text: str, turn: TurnInputs, request: gr.Request | None = None
+    ) -> Iterator[ChatOutputs[Any]]:
         if not (text or "").strip():
-            yield skip_all()
+            yield ChatOutputs.skip()
             return
-        yield from self._turn("send", session, text, (preset, max_tokens, seed, fmt, user_name, persona), request)
+        yield from self._turn(session, turn, request, Action("send", text))
 
-    def regenerate(self, session, preset, max_tokens, seed, fmt, user_name, persona, request: gr.Request = None):
-        yield from self._turn("regenerate", session, "", (preset, max_tokens, seed, fmt, user_name, persona), request)
+    def regenerate(
+        self, session: Session, turn: TurnInputs, request: gr.Request | None = None
+    ) -> Iterator[ChatOutputs[Any]]:
+        yield from self._turn(session, turn, request, Action("regenerate"))
 
-    def continue_reply(self, session, preset, max_tokens, seed, fmt, user_name, persona, request: gr.Request = None):
-        yield from self._turn("continue", session, "", (preset, max_tokens, seed, fmt, user_name, persona), request)
+    def continue_reply(
+        self, session: Session, turn: TurnInputs, request: gr.Request | None = None
+    ) -> Iterator[ChatOutputs[Any]]:
+        yield from self._turn(session, turn, request, Action("continue"))
 
-    def steer_top1(self, session, preset, max_tokens, seed, fmt, user_name, persona, request: gr.Request = None):
+    def steer_top1(
+        self, session: Session, turn: TurnInputs, request: gr.Request | None = None
+    ) -> Iterator[ChatOutputs[Any]]:
         """A new swipe of the last reply, generated with top-1 routing and labelled so."""
-        opts = (preset, max_tokens, seed, fmt, user_name, persona)
-        yield from self._turn("regenerate", session, "", opts, request, steer=("top1", None))
+        yield from self._turn(session, turn, request, Action("regenerate", steer=("top1", None)))
 
     def steer_solo(
-        self, session, expert: str, preset, max_tokens, seed, fmt, user_name, persona, request: gr.Request = None
-    ):
+        self, session: Session, expert: str, turn: TurnInputs, request: gr.Request | None = None
+    ) -> Iterator[ChatOutputs[Any]]:
         """A new swipe of the last reply written by one expert only ("solo: <name>")."""
         names = self.model.expert_names
         if expert not in names:
             gr.Warning("Pick an expert for the solo reply first.")
-            yield skip_all()
+            yield ChatOutputs.skip()
             return
-        opts = (preset, max_tokens, seed, fmt, user_name, persona)
-        yield from self._turn("regenerate", session, "", opts, request, steer=("solo", names.index(expert)))
+        yield from self._turn(session, turn, request, Action("regenerate", steer=("solo", names.index(expert))))
 
-    def _lease(self, steer: tuple[str, int | None] | None) -> AbstractContextManager[Engine]:
+    def _lease(self, steer: Steer | None) -> AbstractContextManager[Engine]:
         if steer is None:
             return self.slot.use()
         if steer[0] == "solo":
             gr.Info("Loading the solo-expert model (built once per expert, then cached)…")
         return self.slot.use_steered(*steer)
 
-    def _turn(self, kind: str, session, text: str, opts: tuple, request, steer=None) -> Iterator[tuple]:
-        if session.chat_id is None:
+    def _turn(
+        self, session: Session, turn: TurnInputs, request: gr.Request | None, action: Action
+    ) -> Iterator[ChatOutputs[Any]]:
+        chat_id = session.chat_id
+        if chat_id is None:
             gr.Warning("Pick a character first: click one in the gallery.")
-            yield skip_all()
+            yield ChatOutputs.skip()
             return
         store = self.stores.get(session.owner)
         cancel = self.flags.fresh(_key(request))
-        options = turn_options(*opts)
+        options = turn.options()
+        kind, text = action.kind, action.text
         display = self.display(session)  # the history part of the chatbot value: built once per turn
         if kind == "send":
             display += [chat_message("user", text), chat_message("assistant", "")]
         elif display:
             display[-1] = chat_message("assistant", display[-1]["content"][0]["text"] if kind == "continue" else "")
-        yield (session, list(display), *(gr.skip() for _ in range(N_OUT - 2)))
+        yield ChatOutputs.skip()._replace(session=session, chatbot=list(display))
         last = None
         try:
-            with self._lease(steer) as engine:
-                if steer is not None:
-                    options = replace(options, label=steering_label(self.engine.info, *steer))
+            with self._lease(action.steer) as engine:
+                if action.steer is not None:
+                    options = replace(options, label=steering_label(self.engine.info, *action.steer))
                 runs = {
-                    "send": lambda: chat.send(engine, store, session.chat_id, text, options, cancel),
-                    "regenerate": lambda: chat.regenerate(engine, store, session.chat_id, options, cancel),
-                    "continue": lambda: chat.continue_reply(engine, store, session.chat_id, options, cancel),
+                    "send": lambda: chat.send(engine, store, chat_id, text, options, cancel),
+                    "regenerate": lambda: chat.regenerate(engine, store, chat_id, options, cancel),
+                    "continue": lambda: chat.continue_reply(engine, store, chat_id, options, cancel),
                 }
                 for upd, values in self._fold(runs[kind](), session, display, options.label):
                     last = upd
@@ -117,7 +127,9 @@ class ChatUI(ChatViews):
             gr.Warning(f"generation failed: {exc}")
         yield self._after_turn(session, last)
 
-    def _fold(self, updates, session, display: list[dict], label: str = ""):
+    def _fold(
+        self, updates: Iterator[chat.Update], session: Session, display: list[dict], label: str = ""
+    ) -> Iterator[tuple[chat.Update, ChatOutputs[Any]]]:
         """(update, outputs) at most every LIVE_EVERY_S and for the last token. Work per refresh: the new
         tokens' spans and the reply's text. Metrics every METRICS_EVERY_S; figures (slow to build) every
         FIGURES_EVERY_S, or less often when building them would take more than FIGURES_BUDGET of the time.
@@ -146,37 +158,43 @@ class ChatUI(ChatViews):
             sent_user = sent_user or len(upd.prompt_token_texts) > 0
             context = gr.skip() if sent_context else context_html(upd.report)
             sent_context = True
-            yield upd, (session, list(display), *views, user, gr.skip(), context, gr.skip())
+            yield upd, views._replace(session=session, chatbot=list(display), user_tokens=user, context=context)
 
-    def _live_views(self, session, tokens: str, figures: bool, metrics: bool) -> tuple:
+    def _live_views(self, session: Session, tokens: str, figures: bool, metrics: bool) -> ChatOutputs[Any]:
+        """The routing panel while streaming (every other output skipped)."""
         shown, model = session.shown, self.model
-        figs = (heatmap(shown, model), share_bars(shown, model)) if figures else (gr.skip(), gr.skip())
-        return (tokens, *figs, metrics_view(shown, model) if metrics else gr.skip())
+        return ChatOutputs.skip()._replace(
+            tokens=tokens,
+            heatmap=heatmap(shown, model) if figures else gr.skip(),
+            bars=share_bars(shown, model) if figures else gr.skip(),
+            metrics=metrics_view(shown, model) if metrics else gr.skip(),
+        )
 
-    def _user_live(self, upd) -> object:
+    def _user_live(self, upd: chat.Update) -> object:
         if not len(upd.prompt_token_texts):
             return gr.skip()
         shown = Shown.aligned("your message", upd.prompt_token_texts, upd.prompt_probs, self.model.shape)
         return token_view(shown, self.model, None)
 
-    def _after_turn(self, session, last) -> tuple:
+    def _after_turn(self, session: Session, last: chat.Update | None) -> ChatOutputs[Any]:
         if last is not None:
             session.selected, session.last_rate = last.message_id, last.tokens_per_s or session.last_rate
             if last.finish == "cancelled":
                 gr.Info("Stopped: the partial reply is kept.")
         return self.views(session, reload_shown=True)
 
-    def impersonate(self, session, preset, max_tokens, seed, fmt, user_name, persona, request: gr.Request = None):
+    def impersonate(self, session: Session, turn: TurnInputs, request: gr.Request | None = None) -> Iterator[str]:
         """Drafts of the user's next message, streamed into the input box (nothing is stored)."""
-        if session.chat_id is None:
+        chat_id = session.chat_id
+        if chat_id is None:
             gr.Warning("Pick a character first.")
             return
         store, cancel = self.stores.get(session.owner), self.flags.fresh(_key(request))
         shown, draft = 0.0, ""
         try:
-            options = turn_options(preset, max_tokens, seed, fmt, user_name, persona)
+            options = turn.options()
             with self.slot.use() as engine:
-                for draft in chat.impersonate(engine, store, session.chat_id, options, cancel):
+                for draft in chat.impersonate(engine, store, chat_id, options, cancel):
                     if time.monotonic() - shown >= LIVE_EVERY_S:
                         shown = time.monotonic()
                         yield draft
@@ -184,7 +202,7 @@ class ChatUI(ChatViews):
             gr.Warning(str(exc))
         yield draft
 
-    def stop(self, request: gr.Request = None) -> None:
+    def stop(self, request: gr.Request | None = None) -> None:
         self.flags.get(_key(request)).set()
 
 

@@ -1,7 +1,7 @@
 """The chats of the selected character: open one, start a new one (with the card's greetings as swipes),
 rename, delete, branch at the selected message, and export (SillyTavern JSONL or Markdown).
 
-`open` returns ChatUI.OUTPUTS followed by (chat picker, character info, chat title)."""
+Every event but export returns ui.outputs.ChatOpened, flattened for Gradio."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from moechat.chatfiles.sillytavern import to_jsonl
 from moechat.errors import MoechatError
 from moechat.library import avatar_file, card_of
 from moechat.store.records import ChatInfo
-from moechat.ui.chat import ChatUI, skip_all
+from moechat.ui.chat import ChatUI
 from moechat.ui.html import card_markdown
+from moechat.ui.outputs import ChatOpened
 from moechat.ui.session import Session
-
-N_EXTRA = 3
 
 
 def chat_label(c: ChatInfo) -> str:
@@ -37,7 +36,7 @@ class ChatList:
         return self.ui.stores.get(session.owner)
 
     def skip(self) -> tuple:
-        return (*skip_all(), *(gr.skip() for _ in range(N_EXTRA)))
+        return ChatOpened.skip().flat()
 
     def open(self, session: Session, chat_id: int | None, new_if_none: bool = False, user_name: str = "You"):
         """Show chat_id (or a new chat of session.character_id when None and new_if_none)."""
@@ -51,10 +50,10 @@ class ChatList:
             gr.Warning(str(exc))
             return self.skip()
         session.chat_id, session.selected, session.shown = chat_id, None, None
-        views = list(self.ui.views(session))
+        views = self.ui.views(session)
         avatar = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
-        views[1] = gr.Chatbot(value=views[1], avatar_images=(None, avatar))
-        return (*views, self.picker(session), self.info(session), self.title(session))
+        views = views._replace(chatbot=gr.Chatbot(value=views.chatbot, avatar_images=(None, avatar)))
+        return ChatOpened(views, self.picker(session), self.info(session), self.title(session)).flat()
 
     def picker(self, session: Session):
         if session.character_id is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from moechat.errors import MoechatError
-from moechat.ui.chat import ChatUI, skip_all
+from moechat.ui.chat import ChatUI
+from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import parse_layer, token_view
 from moechat.ui.session import Session
 
@@ -22,7 +23,7 @@ class MessageActions:
         """Show the clicked message's routing; load its text into the edit box. Returns OUTPUTS + (text, hidden)."""
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not 0 <= index < len(session.message_ids):
-            return (*skip_all(), gr.skip(), gr.skip())
+            return (*ChatOutputs.skip(), gr.skip(), gr.skip())
         session.selected = session.message_ids[index]
         message = self._store(session).message(session.selected)
         return (*self.ui.views(session), message.text, message.hidden)
@@ -36,12 +37,12 @@ class MessageActions:
     def _act(self, session: Session, action) -> tuple:
         message_id = self._selected_or_warn(session)
         if message_id is None:
-            return skip_all()
+            return ChatOutputs.skip()
         try:
             action(self._store(session), message_id)
         except MoechatError as exc:
             gr.Warning(str(exc))
-            return skip_all()
+            return ChatOutputs.skip()
         return self.ui.views(session)
 
     def save_edit(self, session: Session, text: str) -> tuple:
@@ -60,17 +61,17 @@ class MessageActions:
     def swipe(self, session: Session, delta: int) -> tuple:
         """Step the last reply's swipes (← -1, → +1, wrapping); regenerate makes a new one."""
         if not session.message_ids:
-            return skip_all()
+            return ChatOutputs.skip()
         store, last = self._store(session), session.message_ids[-1]
         try:
             message = store.message(last)
             if message.role != "assistant":
                 gr.Warning("The last message is yours: there is no reply to swipe.")
-                return skip_all()
+                return ChatOutputs.skip()
             store.step_swipe(last, delta)
         except MoechatError as exc:
             gr.Warning(str(exc))
-            return skip_all()
+            return ChatOutputs.skip()
         session.selected = last
         return self.ui.views(session)
 

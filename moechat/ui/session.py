@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from moechat.routing.summary import Summary
 from moechat.store.records import LOCAL_OWNER
 from moechat.store.store import Store
 from moechat.ui.routing import Shown
@@ -25,7 +26,7 @@ class Session:
     selected: int | None = None  # message id whose routing is shown / acted on
     layer: int | None = None  # None: mean over layers
     shown: Shown | None = None
-    summaries: dict[int, object] = field(default_factory=dict)  # swipe id -> routing Summary or None (cached)
+    summaries: dict[int, Summary | None] = field(default_factory=dict)  # swipe id -> routing Summary or None (cached)
     last_rate: float | None = None
 
 

@@ -8,6 +8,7 @@ routing summary (badge, drift share) is computed once per session and cached: ro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -16,17 +17,12 @@ from moechat.engine.engine import Engine
 from moechat.gguf.info import expert_labels
 from moechat.models.slot import ModelSlot
 from moechat.plots import drift_figure
-from moechat.routing import summary
+from moechat.routing.summary import Summary, summarize
 from moechat.store.records import Message
 from moechat.ui.html import chat_message, model_markdown
+from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import Model, Shown, heatmap, metrics_view, share_bars, stored_view, token_view
 from moechat.ui.session import Session, StopFlags, Stores
-
-N_OUT = 10  # session, chatbot, tokens, heatmap, bars, metrics, user tokens, drift, context, model panel
-
-
-def skip_all() -> tuple:
-    return tuple(gr.skip() for _ in range(N_OUT))
 
 
 def model_of(engine: Engine) -> Model:
@@ -72,25 +68,25 @@ class ChatViews:
             label=shown_label,
         )  # fmt: skip
 
-    def summary(self, session: Session, m: Message) -> summary.Summary | None:
+    def summary(self, session: Session, m: Message) -> Summary | None:
         """The routing summary of a reply's current swipe (cached per swipe), None without routing."""
         key = m.current.id
         if key not in session.summaries:
             session.summaries[key] = self._summarize(session, m)
         return session.summaries[key]
 
-    def _summarize(self, session: Session, m: Message) -> summary.Summary | None:
+    def _summarize(self, session: Session, m: Message) -> Summary | None:
         if m.role != "assistant" or not m.current.has_routing:
             return None
         record = self.stores.get(session.owner).routing(m.current.id)
         if record is None or record.probs.shape[-1] < 1:
             return None
         names = expert_labels_for(record.probs.shape[-1], self.model)
-        s = summary.summarize(record.probs.astype(np.float32), names)
+        s = summarize(record.probs.astype(np.float32), names)
         return s if s.n_tokens else None
 
     # ---- every view -------------------------------------------------------------------------------------
-    def views(self, session: Session, *, reload_shown: bool = True) -> tuple:
+    def views(self, session: Session, *, reload_shown: bool = True) -> ChatOutputs[Any]:
         """Every chat output from the store (on chat switch, after a turn or an edit)."""
         messages = self.messages(session)
         chatbot = self.display(session, messages)
@@ -98,14 +94,18 @@ class ChatViews:
             session.shown = self._stored_shown(session, messages)
         user = next((m for m in reversed(messages) if m.role == "user"), None)
         user_shown = self._stored(session, user) if user else None
-        return (
-            session,
-            chatbot,
-            *self.routing_views(session),
-            token_view(user_shown, self.model, session.layer),
-            self.drift(session, messages),
-            gr.skip(),
-            self.model_panel(session),
+        tokens, heat, bars, metrics = self.routing_views(session)
+        return ChatOutputs(
+            session=session,
+            chatbot=chatbot,
+            tokens=tokens,
+            heatmap=heat,
+            bars=bars,
+            metrics=metrics,
+            user_tokens=token_view(user_shown, self.model, session.layer),
+            drift=self.drift(session, messages),
+            context=gr.skip(),
+            model_panel=self.model_panel(session),
         )
 
     def drift(self, session: Session, messages: list[Message]):
@@ -120,7 +120,8 @@ class ChatViews:
 
     def _stored_shown(self, session: Session, messages: list[Message]) -> Shown | None:
         by_id = {m.id: m for m in messages}
-        target = by_id.get(session.selected) or next((m for m in reversed(messages) if m.role == "assistant"), None)
+        selected = by_id.get(session.selected) if session.selected is not None else None
+        target = selected or next((m for m in reversed(messages) if m.role == "assistant"), None)
         return self._stored(session, target) if target is not None else None
 
     def _stored(self, session: Session, message: Message) -> Shown | None:
