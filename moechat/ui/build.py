@@ -146,10 +146,10 @@ def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> N
 
     def on_load(owner_id: str) -> tuple:
         s = Session(owner=(owner_id or uuid.uuid4().hex) if settings.hosted else LOCAL_OWNER)
-        store_s = h.chat.stores.get(s.owner)
-        if settings.hosted:
-            import_bundled(store_s, data_dir)
-        latest = store_s.chats()
+        with h.chat.stores.lease(s.owner) as store:
+            if settings.hosted:
+                import_bundled(store, data_dir)
+            latest = store.chats()
         pics = h.characters.gallery(s)
         return (s.owner, pics, *h.chats.open(s, latest[0].id if latest else None))
 

@@ -5,6 +5,7 @@ card editor (create a new character or update the selected one). Events that cha
 from __future__ import annotations
 
 import tempfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import gradio as gr
@@ -12,6 +13,7 @@ import gradio as gr
 from moechat.cards.card import read_card
 from moechat.errors import MoechatError
 from moechat.library import add_card, avatar_file, card_of, edited_card, export_card
+from moechat.store.store import Store
 from moechat.ui.chats import ChatList
 from moechat.ui.html import card_markdown
 from moechat.ui.outputs import ChatOpened
@@ -30,25 +32,28 @@ class Characters:
         self.chats, self.data_dir, self.max_bytes = chats, data_dir, max_upload_mb * 1024 * 1024
         self.exports = Path(tempfile.mkdtemp(prefix="moechat-export-"))
 
-    def _store(self, session: Session):
-        return self.chats.ui.stores.get(session.owner)
+    def _store(self, session: Session) -> AbstractContextManager[Store]:
+        return self.chats.ui.stores.lease(session.owner)
 
     def gallery(self, session: Session) -> list[tuple[str | None, str]]:
         """(avatar, name) per character; session.character_ids in the same order."""
-        characters = self._store(session).characters()
-        session.character_ids = [c.id for c in characters]
-        return [(avatar_file(self._store(session), self.data_dir, c.id), c.name) for c in characters]
+        with self._store(session) as store:
+            characters = store.characters()
+            session.character_ids = [c.id for c in characters]
+            return [(avatar_file(store, self.data_dir, c.id), c.name) for c in characters]
 
     def info(self, session: Session) -> str:
         if session.character_id is None:
             return "Pick a character to chat with."
-        card = card_of(self._store(session), self.data_dir, session.character_id)
+        with self._store(session) as store:
+            card = card_of(store, self.data_dir, session.character_id)
         return card_markdown(card.name, card.tags, card.creator_notes, card.creator)
 
     def editor_values(self, session: Session) -> tuple:
         if session.character_id is None:
             return tuple("" for _ in EDITOR_FIELDS)
-        card = card_of(self._store(session), self.data_dir, session.character_id)
+        with self._store(session) as store:
+            card = card_of(store, self.data_dir, session.character_id)
         return tuple(", ".join(card.tags) if f == "tags" else getattr(card, f) for f in EDITOR_FIELDS)
 
     def pick(self, session: Session, evt: gr.SelectData) -> tuple:
@@ -60,7 +65,8 @@ class Characters:
 
     def open_character(self, session: Session, character_id: int) -> tuple:
         session.character_id = character_id
-        existing = self._store(session).chats(character_id)
+        with self._store(session) as store:
+            existing = store.chats(character_id)
         chat_id = existing[0].id if existing else None
         return self.chats.open(session, chat_id, new_if_none=True)
 
@@ -70,7 +76,8 @@ class Characters:
             return _unchanged()
         try:
             card = read_card(Path(path), max_bytes=self.max_bytes)
-            character = add_card(self._store(session), self.data_dir, card)
+            with self._store(session) as store:
+                character = add_card(store, self.data_dir, card)
         except MoechatError as exc:
             gr.Warning(f"could not import {Path(path).name}: {exc}")
             return _unchanged()
@@ -84,7 +91,8 @@ class Characters:
             return None
         try:
             folder = self.exports / session.owner.replace("/", "_")
-            return str(export_card(self._store(session), self.data_dir, session.character_id, fmt, folder))
+            with self._store(session) as store:
+                return str(export_card(store, self.data_dir, session.character_id, fmt, folder))
         except MoechatError as exc:
             gr.Warning(str(exc))
             return None
@@ -92,14 +100,14 @@ class Characters:
     def save(self, session: Session, as_new: bool, *values: str) -> tuple:
         """Save the editor as a new character or over the selected one. Returns (gallery, *chat outputs)."""
         fields = dict(zip(EDITOR_FIELDS, values, strict=True))
-        store = self._store(session)
         target = None if as_new else session.character_id
-        try:
-            base = card_of(store, self.data_dir, target) if target is not None else None
-            character = add_card(store, self.data_dir, edited_card(base, fields), target)
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return _unchanged()
+        with self._store(session) as store:
+            try:
+                base = card_of(store, self.data_dir, target) if target is not None else None
+                character = add_card(store, self.data_dir, edited_card(base, fields), target)
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+                return _unchanged()
         gr.Info(f"Saved {character.name}.")
         return (self.gallery(session), *self.open_character(session, character.id))
 
@@ -115,10 +123,11 @@ class Characters:
     def delete(self, session: Session) -> tuple:
         if session.character_id is None:
             return _unchanged()
-        try:
-            self._store(session).delete_character(session.character_id)
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return _unchanged()
+        with self._store(session) as store:
+            try:
+                store.delete_character(session.character_id)
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+                return _unchanged()
         session.character_id = None
         return (self.gallery(session), *self.chats.open(session, None))

@@ -97,34 +97,34 @@ class ChatUI(ChatViews):
             gr.Warning("Pick a character first: click one in the gallery.")
             yield ChatOutputs.skip()
             return
-        store = self.stores.get(session.owner)
-        cancel = self.flags.fresh(_key(request))
-        options = turn.options()
-        kind, text = action.kind, action.text
-        display = self.display(session)  # the history part of the chatbot value: built once per turn
-        if kind == "send":
-            display += [chat_message("user", text), chat_message("assistant", "")]
-        elif display:
-            display[-1] = chat_message("assistant", display[-1]["content"][0]["text"] if kind == "continue" else "")
-        yield ChatOutputs.skip()._replace(session=session, chatbot=list(display))
-        last = None
-        try:
-            with self._lease(action.steer) as engine:
-                if action.steer is not None:
-                    options = replace(options, label=steering_label(self.engine.info, *action.steer))
-                runs = {
-                    "send": lambda: chat.send(engine, store, chat_id, text, options, cancel),
-                    "regenerate": lambda: chat.regenerate(engine, store, chat_id, options, cancel),
-                    "continue": lambda: chat.continue_reply(engine, store, chat_id, options, cancel),
-                }
-                for upd, values in self._fold(runs[kind](), session, display, options.label):
-                    last = upd
-                    yield values
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-        except Exception as exc:  # the app stays up; the log keeps the traceback
-            log.exception("turn failed")
-            gr.Warning(f"generation failed: {exc}")
+        with self.stores.lease(session.owner) as store:  # held until the reply is stored
+            cancel = self.flags.fresh(_key(request))
+            options = turn.options()
+            kind, text = action.kind, action.text
+            display = self.display(session)  # the history part of the chatbot value: built once per turn
+            if kind == "send":
+                display += [chat_message("user", text), chat_message("assistant", "")]
+            elif display:
+                display[-1] = chat_message("assistant", display[-1]["content"][0]["text"] if kind == "continue" else "")
+            yield ChatOutputs.skip()._replace(session=session, chatbot=list(display))
+            last = None
+            try:
+                with self._lease(action.steer) as engine:
+                    if action.steer is not None:
+                        options = replace(options, label=steering_label(self.engine.info, *action.steer))
+                    runs = {
+                        "send": lambda: chat.send(engine, store, chat_id, text, options, cancel),
+                        "regenerate": lambda: chat.regenerate(engine, store, chat_id, options, cancel),
+                        "continue": lambda: chat.continue_reply(engine, store, chat_id, options, cancel),
+                    }
+                    for upd, values in self._fold(runs[kind](), session, display, options.label):
+                        last = upd
+                        yield values
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+            except Exception as exc:  # the app stays up; the log keeps the traceback
+                log.exception("turn failed")
+                gr.Warning(f"generation failed: {exc}")
         yield self._after_turn(session, last)
 
     def _fold(
@@ -189,17 +189,18 @@ class ChatUI(ChatViews):
         if chat_id is None:
             gr.Warning("Pick a character first.")
             return
-        store, cancel = self.stores.get(session.owner), self.flags.fresh(_key(request))
-        shown, draft = 0.0, ""
-        try:
-            options = turn.options()
-            with self.slot.use() as engine:
-                for draft in chat.impersonate(engine, store, chat_id, options, cancel):
-                    if time.monotonic() - shown >= LIVE_EVERY_S:
-                        shown = time.monotonic()
-                        yield draft
-        except MoechatError as exc:
-            gr.Warning(str(exc))
+        with self.stores.lease(session.owner) as store:
+            cancel = self.flags.fresh(_key(request))
+            shown, draft = 0.0, ""
+            try:
+                options = turn.options()
+                with self.slot.use() as engine:
+                    for draft in chat.impersonate(engine, store, chat_id, options, cancel):
+                        if time.monotonic() - shown >= LIVE_EVERY_S:
+                            shown = time.monotonic()
+                            yield draft
+            except MoechatError as exc:
+                gr.Warning(str(exc))
         yield draft
 
     def stop(self, request: gr.Request | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +18,7 @@ from moechat.chatfiles.sillytavern import to_jsonl
 from moechat.errors import MoechatError
 from moechat.library import avatar_file, card_of
 from moechat.store.records import ChatInfo
+from moechat.store.store import Store
 from moechat.ui.chat import ChatUI
 from moechat.ui.html import card_markdown
 from moechat.ui.outputs import ChatOpened
@@ -32,43 +34,48 @@ class ChatList:
     def __init__(self, chat_ui: ChatUI, data_dir: Path, exports: Path) -> None:
         self.ui, self.data_dir, self.exports = chat_ui, data_dir, exports
 
-    def _store(self, session: Session):
-        return self.ui.stores.get(session.owner)
+    def _store(self, session: Session) -> AbstractContextManager[Store]:
+        return self.ui.stores.lease(session.owner)
 
     def skip(self) -> tuple:
         return ChatOpened.skip().flat()
 
     def open(self, session: Session, chat_id: int | None, new_if_none: bool = False, user_name: str = "You"):
         """Show chat_id (or a new chat of session.character_id when None and new_if_none)."""
-        store = self._store(session)
-        try:
-            if chat_id is None and new_if_none and session.character_id is not None:
-                chat_id = chat.start_chat(store, session.character_id, user_name=user_name)
-            if chat_id is not None:
-                session.character_id = store.chat(chat_id).character_id
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return self.skip()
-        session.chat_id, session.selected, session.shown = chat_id, None, None
-        views = self.ui.views(session)
-        avatar = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
+        with self._store(session) as store:
+            try:
+                if chat_id is None and new_if_none and session.character_id is not None:
+                    chat_id = chat.start_chat(store, session.character_id, user_name=user_name)
+                if chat_id is not None:
+                    session.character_id = store.chat(chat_id).character_id
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+                return self.skip()
+            session.chat_id, session.selected, session.shown = chat_id, None, None
+            views = self.ui.views(session)
+            avatar = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
         views = views._replace(chatbot=gr.Chatbot(value=views.chatbot, avatar_images=(None, avatar)))
         return ChatOpened(views, self.picker(session), self.info(session), self.title(session)).flat()
 
     def picker(self, session: Session):
         if session.character_id is None:
             return gr.Dropdown(choices=[], value=None)
-        chats = self._store(session).chats(session.character_id)
+        with self._store(session) as store:
+            chats = store.chats(session.character_id)
         return gr.Dropdown(choices=[(chat_label(c), c.id) for c in chats], value=session.chat_id)
 
     def info(self, session: Session) -> str:
         if session.character_id is None:
             return "Pick a character in the gallery to start."
-        card = card_of(self._store(session), self.data_dir, session.character_id)
+        with self._store(session) as store:
+            card = card_of(store, self.data_dir, session.character_id)
         return card_markdown(card.name, card.tags, card.creator_notes, card.creator)
 
     def title(self, session: Session) -> str:
-        return self._store(session).chat(session.chat_id).title if session.chat_id is not None else ""
+        if session.chat_id is None:
+            return ""
+        with self._store(session) as store:
+            return store.chat(session.chat_id).title
 
     # ---- events -----------------------------------------------------------------------------------------
     def pick(self, session: Session, chat_id: int | None):
@@ -85,22 +92,23 @@ class ChatList:
     def rename(self, session: Session, title: str):
         if session.chat_id is None:
             return self.skip()
-        try:
-            self._store(session).update_chat(session.chat_id, title=title.strip())
-        except MoechatError as exc:
-            gr.Warning(str(exc))
+        with self._store(session) as store:
+            try:
+                store.update_chat(session.chat_id, title=title.strip())
+            except MoechatError as exc:
+                gr.Warning(str(exc))
         return self.open(session, session.chat_id)
 
     def delete(self, session: Session):
         if session.chat_id is None:
             return self.skip()
-        store = self._store(session)
-        try:
-            store.delete_chat(session.chat_id)
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return self.skip()
-        rest = store.chats(session.character_id) if session.character_id is not None else []
+        with self._store(session) as store:
+            try:
+                store.delete_chat(session.chat_id)
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+                return self.skip()
+            rest = store.chats(session.character_id) if session.character_id is not None else []
         return self.open(session, rest[0].id if rest else None)
 
     def branch(self, session: Session):
@@ -108,11 +116,12 @@ class ChatList:
         if session.chat_id is None or not session.message_ids:
             return self.skip()
         at = session.selected if session.selected in session.message_ids else session.message_ids[-1]
-        try:
-            new = self._store(session).branch(session.chat_id, at)
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return self.skip()
+        with self._store(session) as store:
+            try:
+                new = store.branch(session.chat_id, at)
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+                return self.skip()
         gr.Info("Branched: you are now in the new chat.")
         return self.open(session, new.id)
 
@@ -122,13 +131,13 @@ class ChatList:
         if session.chat_id is None:
             gr.Warning("Open a chat first.")
             return None
-        store = self._store(session)
-        info, messages = store.chat(session.chat_id), store.messages(session.chat_id)
-        if fmt == "jsonl":
-            routing = {s.id: r for m in messages for s in m.swipes if s.has_routing and (r := store.routing(s.id))}
-            body = to_jsonl(info, messages, routing)
-        else:
-            body = to_markdown(info, messages)
+        with self._store(session) as store:
+            info, messages = store.chat(session.chat_id), store.messages(session.chat_id)
+            if fmt == "jsonl":
+                routing = {s.id: r for m in messages for s in m.swipes if s.has_routing and (r := store.routing(s.id))}
+                body = to_jsonl(info, messages, routing)
+            else:
+                body = to_markdown(info, messages)
         folder = self.exports / f"chats-{hashlib.sha256(session.owner.encode()).hexdigest()[:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in info.character_name)[:40] or "chat"

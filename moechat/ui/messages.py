@@ -3,9 +3,14 @@ model, swipe the last reply left or right, and pick the layer the tokens are col
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
 import gradio as gr
 
 from moechat.errors import MoechatError
+from moechat.store.store import Store
 from moechat.ui.chat import ChatUI
 from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import parse_layer, token_view
@@ -16,8 +21,8 @@ class MessageActions:
     def __init__(self, chat_ui: ChatUI) -> None:
         self.ui = chat_ui
 
-    def _store(self, session: Session):
-        return self.ui.stores.get(session.owner)
+    def _store(self, session: Session) -> AbstractContextManager[Store]:
+        return self.ui.stores.lease(session.owner)
 
     def select(self, session: Session, evt: gr.SelectData) -> tuple:
         """Show the clicked message's routing; load its text into the edit box. Returns OUTPUTS + (text, hidden)."""
@@ -25,7 +30,8 @@ class MessageActions:
         if not 0 <= index < len(session.message_ids):
             return (*ChatOutputs.skip(), gr.skip(), gr.skip())
         session.selected = session.message_ids[index]
-        message = self._store(session).message(session.selected)
+        with self._store(session) as store:
+            message = store.message(session.selected)
         return (*self.ui.views(session), message.text, message.hidden)
 
     def _selected_or_warn(self, session: Session) -> int | None:
@@ -34,51 +40,53 @@ class MessageActions:
             return None
         return session.selected
 
-    def _act(self, session: Session, action) -> tuple:
+    def _act(self, session: Session, action: Callable[[Store, int], object]) -> ChatOutputs[Any]:
         message_id = self._selected_or_warn(session)
         if message_id is None:
             return ChatOutputs.skip()
-        try:
-            action(self._store(session), message_id)
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return ChatOutputs.skip()
+        with self._store(session) as store:
+            try:
+                action(store, message_id)
+            except MoechatError as exc:
+                gr.Warning(str(exc))
+                return ChatOutputs.skip()
         return self.ui.views(session)
 
-    def save_edit(self, session: Session, text: str) -> tuple:
+    def save_edit(self, session: Session, text: str) -> ChatOutputs[Any]:
         return self._act(session, lambda store, mid: store.edit_message(mid, text))
 
-    def delete(self, session: Session) -> tuple:
-        def drop(store, mid: int) -> None:
+    def delete(self, session: Session) -> ChatOutputs[Any]:
+        def drop(store: Store, mid: int) -> None:
             store.delete_message(mid)
             session.selected = None
 
         return self._act(session, drop)
 
-    def set_hidden(self, session: Session, hidden: bool) -> tuple:
+    def set_hidden(self, session: Session, hidden: bool) -> ChatOutputs[Any]:
         return self._act(session, lambda store, mid: store.set_hidden(mid, bool(hidden)))
 
-    def swipe(self, session: Session, delta: int) -> tuple:
+    def swipe(self, session: Session, delta: int) -> ChatOutputs[Any]:
         """Step the last reply's swipes (← -1, → +1, wrapping); regenerate makes a new one."""
         if not session.message_ids:
             return ChatOutputs.skip()
-        store, last = self._store(session), session.message_ids[-1]
-        try:
-            message = store.message(last)
-            if message.role != "assistant":
-                gr.Warning("The last message is yours: there is no reply to swipe.")
+        last = session.message_ids[-1]
+        with self._store(session) as store:
+            try:
+                message = store.message(last)
+                if message.role != "assistant":
+                    gr.Warning("The last message is yours: there is no reply to swipe.")
+                    return ChatOutputs.skip()
+                store.step_swipe(last, delta)
+            except MoechatError as exc:
+                gr.Warning(str(exc))
                 return ChatOutputs.skip()
-            store.step_swipe(last, delta)
-        except MoechatError as exc:
-            gr.Warning(str(exc))
-            return ChatOutputs.skip()
         session.selected = last
         return self.ui.views(session)
 
-    def swipe_left(self, session: Session) -> tuple:
+    def swipe_left(self, session: Session) -> ChatOutputs[Any]:
         return self.swipe(session, -1)
 
-    def swipe_right(self, session: Session) -> tuple:
+    def swipe_right(self, session: Session) -> ChatOutputs[Any]:
         return self.swipe(session, +1)
 
     def layer(self, session: Session, choice: str) -> tuple:

@@ -50,7 +50,8 @@ class ChatViews:
     def messages(self, session: Session) -> list[Message]:
         if session.chat_id is None:
             return []
-        return self.stores.get(session.owner).messages(session.chat_id)
+        with self.stores.lease(session.owner) as store:
+            return store.messages(session.chat_id)
 
     def display(self, session: Session, messages: list[Message] | None = None) -> list[dict]:
         """The chat as gr.Chatbot messages; also refreshes session.message_ids."""
@@ -78,7 +79,8 @@ class ChatViews:
     def _summarize(self, session: Session, m: Message) -> Summary | None:
         if m.role != "assistant" or not m.current.has_routing:
             return None
-        record = self.stores.get(session.owner).routing(m.current.id)
+        with self.stores.lease(session.owner) as store:
+            record = store.routing(m.current.id)
         if record is None or record.probs.shape[-1] < 1:
             return None
         names = expert_labels_for(record.probs.shape[-1], self.model)
@@ -125,7 +127,8 @@ class ChatViews:
         return self._stored(session, target) if target is not None else None
 
     def _stored(self, session: Session, message: Message) -> Shown | None:
-        return stored_view(self.stores.get(session.owner), message, self.model, self._piece)
+        with self.stores.lease(session.owner) as store:
+            return stored_view(store, message, self.model, self._piece)
 
     def _piece(self, token_id: int) -> str:
         return self.engine.piece(token_id).decode("utf-8", "replace")
