@@ -1,6 +1,7 @@
-"""The Gradio app: event wiring only. Layout is ui_layout's; handlers live in ui_chat (turns, steered replies),
-ui_messages (one message), ui_chats (chat list, export), ui_characters (gallery, import, export, editor) and
-ui_models (switching models); the values they show are built by ui_views / ui_live / ui_routing / ui_html.
+"""The Gradio app: event wiring only. Layout is ui.layout's; handlers live in ui.chat (turns, steered replies),
+ui.messages (one message), ui.chats (chat list, export), ui.characters (gallery, import, export, editor) and
+ui.models (switching models); the values they show are built by ui.views / ui.live / ui.routing / ui.html. The
+chat view's outputs are ui.outputs.ChatOutputs, and a turn's controls reach the handlers as one TurnInputs.
 
     demo = build_ui(slot, store, settings); launch(demo, settings, on_app=mount_extra_routes)
 """
@@ -17,6 +18,7 @@ from typing import Any, Literal, TypedDict, TypeVar
 
 import gradio as gr
 from gradio.components import Component
+from gradio.routes import App
 
 from moechat.config import Settings
 from moechat.library import import_bundled
@@ -219,7 +221,9 @@ def _wire_characters(ui: Page, h: Handlers) -> None:
     tab.delete_char.click(ch.delete, [ui.session], changed, **PRIVATE)
 
 
-def launch(demo: gr.Blocks, settings: Settings, *, block: bool = True, on_app: Callable[[object], None] | None = None):
+def launch(
+    demo: gr.Blocks, settings: Settings, *, block: bool = True, on_app: Callable[[App], None] | None = None
+) -> App:
     """Serve the app (no analytics, no run history in the browser, avatars served from the data dir).
     `on_app(app)` gets the running FastAPI app before the server blocks: a place to add routes (the /v1 API)."""
     app, _local, _share = demo.launch(

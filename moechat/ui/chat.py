@@ -1,6 +1,6 @@
 """Chat events: send, regenerate, continue, impersonate, steered replies (top-1 routing, one expert only) and
 stop, all streamed. A turn itself is chat.py's; this module folds its Updates into component values at a bounded
-cadence, with per-refresh work proportional to the new tokens (see ui_live), and turns domain errors into
+cadence, with per-refresh work proportional to the new tokens (see ui.live), and turns domain errors into
 warnings. Every chat handler yields ui.outputs.ChatOutputs (gr.skip() for what did not change); the turn
 handlers take the controls' values as one TurnInputs (built by the wiring).
 """

@@ -40,7 +40,7 @@ class ChatList:
     def skip(self) -> tuple:
         return ChatOpened.skip().flat()
 
-    def open(self, session: Session, chat_id: int | None, new_if_none: bool = False, user_name: str = "You"):
+    def open(self, session: Session, chat_id: int | None, new_if_none: bool = False, user_name: str = "You") -> tuple:
         """Show chat_id (or a new chat of session.character_id when None and new_if_none)."""
         with self._store(session) as store:
             try:
@@ -57,7 +57,7 @@ class ChatList:
         views = views._replace(chatbot=gr.Chatbot(value=views.chatbot, avatar_images=(None, avatar)))
         return ChatOpened(views, self.picker(session), self.info(session), self.title(session)).flat()
 
-    def picker(self, session: Session):
+    def picker(self, session: Session) -> gr.Dropdown:
         if session.character_id is None:
             return gr.Dropdown(choices=[], value=None)
         with self._store(session) as store:
@@ -78,18 +78,18 @@ class ChatList:
             return store.chat(session.chat_id).title
 
     # ---- events -----------------------------------------------------------------------------------------
-    def pick(self, session: Session, chat_id: int | None):
+    def pick(self, session: Session, chat_id: int | None) -> tuple:
         if chat_id is None or chat_id == session.chat_id:
             return self.skip()
         return self.open(session, int(chat_id))
 
-    def new(self, session: Session, user_name: str = "You"):
+    def new(self, session: Session, user_name: str = "You") -> tuple:
         if session.character_id is None:
             gr.Warning("Pick a character first.")
             return self.skip()
         return self.open(session, None, new_if_none=True, user_name=user_name or "You")
 
-    def rename(self, session: Session, title: str):
+    def rename(self, session: Session, title: str) -> tuple:
         if session.chat_id is None:
             return self.skip()
         with self._store(session) as store:
@@ -99,7 +99,7 @@ class ChatList:
                 gr.Warning(str(exc))
         return self.open(session, session.chat_id)
 
-    def delete(self, session: Session):
+    def delete(self, session: Session) -> tuple:
         if session.chat_id is None:
             return self.skip()
         with self._store(session) as store:
@@ -111,7 +111,7 @@ class ChatList:
             rest = store.chats(session.character_id) if session.character_id is not None else []
         return self.open(session, rest[0].id if rest else None)
 
-    def branch(self, session: Session):
+    def branch(self, session: Session) -> tuple:
         """A new chat with the messages up to the selected one (or the whole chat)."""
         if session.chat_id is None or not session.message_ids:
             return self.skip()

@@ -25,7 +25,7 @@ class MessageActions:
         return self.ui.stores.lease(session.owner)
 
     def select(self, session: Session, evt: gr.SelectData) -> tuple:
-        """Show the clicked message's routing; load its text into the edit box. Returns OUTPUTS + (text, hidden)."""
+        """Show the clicked message's routing; load its text into the edit box. Returns (*ChatOutputs, text, hidden)."""
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not 0 <= index < len(session.message_ids):
             return (*ChatOutputs.skip(), gr.skip(), gr.skip())

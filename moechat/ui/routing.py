@@ -1,11 +1,11 @@
 """The routing panel's content: what is shown (tokens + routing of one message) and the four views of it
 (coloured tokens, heatmap, per-layer share bars, metrics), plus the chat's drift figure. No gradio here:
-ui.py wires these values to components; figures come from moechat.plots, HTML from moechat.ui_html.
+ui.build wires these values to components; figures come from moechat.plots, HTML from moechat.ui.html.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +101,7 @@ def share_bars(shown: Shown | None, model: Model) -> Figure | None:
     return plots.share_bars_figure(s.layer_share, model.expert_names, title="share of each expert per layer")
 
 
-def stored_view(store: Store, message: Message, model: Model, piece: object) -> Shown | None:
+def stored_view(store: Store, message: Message, model: Model, piece: Callable[[int], str]) -> Shown | None:
     """The stored routing of a message: a reply's generated tokens, or a user message's own prompt tokens.
     `piece(token_id) -> str` names tokens that are not in the text (prompt template tokens)."""
     kind = "prompt" if message.role == "user" else "reply"
@@ -110,7 +110,7 @@ def stored_view(store: Store, message: Message, model: Model, piece: object) -> 
         return unrouted(message)
     texts = token_texts_from_offsets(message.text, record.offsets)
     if kind == "prompt":
-        texts = [piece(int(t)) for t in record.token_ids]  # type: ignore[operator]
+        texts = [piece(int(t)) for t in record.token_ids]
     who = "your message" if kind == "prompt" else f"{message.name or 'reply'}"
     stale = " (edited since: routing is of the original text)" if message.current.routing_stale else ""
     return Shown(f"{who} #{message.position}{stale}", tuple(texts), record.probs.astype(np.float32))

@@ -16,7 +16,7 @@ import numpy as np
 from moechat.engine.engine import Engine
 from moechat.gguf.info import expert_labels
 from moechat.models.slot import ModelSlot
-from moechat.plots import drift_figure
+from moechat.plots import Figure, drift_figure
 from moechat.routing.summary import Summary, summarize
 from moechat.store.records import Message
 from moechat.ui.html import chat_message, model_markdown
@@ -110,7 +110,7 @@ class ChatViews:
             model_panel=self.model_panel(session),
         )
 
-    def drift(self, session: Session, messages: list[Message]):
+    def drift(self, session: Session, messages: list[Message]) -> Figure | None:
         shares, labels = [], []
         n = len(self.model.expert_names)
         for m in messages:
