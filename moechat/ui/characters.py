@@ -123,11 +123,11 @@ class Characters:
     def delete(self, session: Session) -> tuple:
         if session.character_id is None:
             return _unchanged()
-        with self._store(session) as store:
-            try:
+        try:
+            with self._store(session) as store:
                 store.delete_character(session.character_id)
-            except MoechatError as exc:
-                gr.Warning(str(exc))
-                return _unchanged()
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return _unchanged()
         session.character_id = None
         return (self.gallery(session), *self.chats.open(session, None))

@@ -92,11 +92,11 @@ class ChatList:
     def rename(self, session: Session, title: str) -> tuple:
         if session.chat_id is None:
             return self.skip()
-        with self._store(session) as store:
-            try:
+        try:
+            with self._store(session) as store:
                 store.update_chat(session.chat_id, title=title.strip())
-            except MoechatError as exc:
-                gr.Warning(str(exc))
+        except MoechatError as exc:
+            gr.Warning(str(exc))
         return self.open(session, session.chat_id)
 
     def delete(self, session: Session) -> tuple:
@@ -116,12 +116,12 @@ class ChatList:
         if session.chat_id is None or not session.message_ids:
             return self.skip()
         at = session.selected if session.selected in session.message_ids else session.message_ids[-1]
-        with self._store(session) as store:
-            try:
+        try:
+            with self._store(session) as store:
                 new = store.branch(session.chat_id, at)
-            except MoechatError as exc:
-                gr.Warning(str(exc))
-                return self.skip()
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return self.skip()
         gr.Info("Branched: you are now in the new chat.")
         return self.open(session, new.id)
 

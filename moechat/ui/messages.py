@@ -44,12 +44,12 @@ class MessageActions:
         message_id = self._selected_or_warn(session)
         if message_id is None:
             return ChatOutputs.skip()
-        with self._store(session) as store:
-            try:
+        try:
+            with self._store(session) as store:
                 action(store, message_id)
-            except MoechatError as exc:
-                gr.Warning(str(exc))
-                return ChatOutputs.skip()
+        except MoechatError as exc:
+            gr.Warning(str(exc))
+            return ChatOutputs.skip()
         return self.ui.views(session)
 
     def save_edit(self, session: Session, text: str) -> ChatOutputs[Any]:
