@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ import llama_cpp._internals as internals
 import llama_cpp._logger
 import numpy as np
 
+from moechat import cpu_guard
 from moechat.capture import FastCapture, PythonCapture, make_capture
+from moechat.cpu_topology import this_machine
 from moechat.errors import EngineError
 from moechat.gguf_info import ModelInfo, open_reader, read_info, token_embedding
 from moechat.routing import Routing, from_logits
@@ -72,6 +73,10 @@ class LoadReport:
     n_gpu_layers: int
     capture: str  # "fast", "python" or "off"
     n_threads: int
+    n_threads_batch: int = 0
+    threads_note: str = ""  # why n_threads: "2 physical cores", "requested"
+    cpu_extra_buffers: bool = True  # ggml's extra CPU buffer types (AMX, repacking): see cpu_guard
+    cpu_note: str = ""  # why cpu_extra_buffers
 
 
 class Engine:
@@ -128,9 +133,13 @@ class Engine:
             info = dataclasses.replace(info, n_experts_used=experts_used)
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
         layers = (info.n_layers + 1 if gpu else 0) if n_gpu_layers is None else n_gpu_layers
-        threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
+        cpu = cpu_guard.extra_buffers()  # before any model is evaluated: probed once per machine, in a child
+        budget = this_machine()
+        threads = n_threads or budget.threads
+        batch_threads = max(budget.batch_threads, threads)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = layers
+        mparams.use_extra_bufts = cpu.extra_buffers
         overrides = _overrides({f"{info.architecture}.expert_used_count": experts_used} if experts_used else {})
         mparams.kv_overrides = overrides
         try:
@@ -138,8 +147,10 @@ class Engine:
         except ValueError as exc:
             raise EngineError(f"llama.cpp could not load {info.path.name}: {exc}") from exc
         cap = make_capture(capture)
-        ctx = _context(model, n_ctx or info.context_length, threads, cap, exact)
-        report = LoadReport(gpu, layers if gpu else 0, cap.mode if cap else "off", threads)
+        ctx = _context(model, n_ctx or info.context_length, threads, batch_threads, cap, exact)
+        why = "requested" if n_threads else budget.note
+        mode = cap.mode if cap else "off"
+        report = LoadReport(gpu, layers if gpu else 0, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note)
         engine = cls(info, model, ctx, cap, report, full_prompt_routing)
         engine._overrides = overrides  # llama.cpp keeps the pointer: keep the array alive
         return engine
@@ -352,13 +363,17 @@ def _overrides(values: dict[str, int]) -> ctypes.Array | None:
 
 
 def _context(
-    model: internals.LlamaModel, n_ctx: int, threads: int, cap: FastCapture | PythonCapture | None, exact: bool
+    model: internals.LlamaModel,
+    n_ctx: int,
+    threads: int,
+    batch_threads: int,
+    cap: FastCapture | PythonCapture | None,
+    exact: bool,
 ) -> internals.LlamaContext:
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = params.n_ubatch = min(512, n_ctx)
-    params.n_threads = threads
-    params.n_threads_batch = max(os.cpu_count() or 1, threads)
+    params.n_threads, params.n_threads_batch = threads, batch_threads
     if exact:  # float32 KV cache and no flash attention (whose CPU path rounds Q to f16)
         params.type_k = params.type_v = 0  # GGML_TYPE_F32
         params.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -44,6 +44,7 @@ class TinySpec:
     name: str = "tiny"
     expert_names: tuple[str, ...] = ()
     favour: int | None = None  # make greedy decoding always pick this token id (e.g. 2 = </s>)
+    quants: tuple[str, ...] = ()  # layer i's weight matrices in GGML type quants[i % len] ("Q8_0", "Q4_0")
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -103,6 +104,13 @@ def _keep_f32(name: str) -> bool:
     return name.endswith("norm.weight") or "ffn_gate_inp" in name
 
 
+def _quant_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType | None:
+    """The quantized type of a layer's weight matrix when spec.quants asks for one (rows must be whole blocks)."""
+    if not spec.quants or not name.startswith("blk.") or _keep_f32(name):
+        return None
+    return gguf.GGMLQuantizationType[spec.quants[int(name.split(".")[1]) % len(spec.quants)]]
+
+
 def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a tiny random llama GGUF to `path` and return the path."""
     if spec.n_experts and not 0 < spec.n_experts_used <= spec.n_experts:
@@ -135,7 +143,10 @@ def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_add_bos_token(True)
     w.add_chat_template(CHAT_TEMPLATE)
     for name, data in _tensors(spec, len(tokens)).items():
-        w.add_tensor(name, data if spec.dtype == "f32" or _keep_f32(name) else data.astype(np.float16))
+        if (qtype := _quant_type(name, spec)) is not None:
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, data if spec.dtype == "f32" or _keep_f32(name) else data.astype(np.float16))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
