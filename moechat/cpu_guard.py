@@ -107,8 +107,35 @@ def build_key(lib_dir: Path = LIB_DIR, cpuinfo: str | None = None, machine: str 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def run_probe(extra_buffers: bool, env: Mapping[str, str], timeout: float = PROBE_TIMEOUT_S) -> int | None:
-    """The probe child's return code (negative: killed by that signal), or None when it timed out."""
+@dataclass(frozen=True)
+class ProbeRun:
+    """One probe child: its return code (negative: killed by that signal; None: timed out) and why, if it said."""
+
+    returncode: int | None
+    said: str = ""
+
+    @property
+    def clean(self) -> bool:
+        return self.returncode == 0
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode is not None and self.returncode < 0
+
+    def __str__(self) -> str:
+        rc = self.returncode
+        if rc is None:
+            return "timed out"
+        if rc < 0:
+            try:
+                return f"died by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"died by signal {-rc}"
+        return f"exited with status {rc}" + (f" ({self.said})" if self.said else "")
+
+
+def run_probe(extra_buffers: bool, env: Mapping[str, str], timeout: float = PROBE_TIMEOUT_S) -> ProbeRun:
+    """Run the probe child once, in a temporary folder, with extra buffer types on or off."""
     child_env = dict(env)
     package_root = str(Path(moechat.__file__).resolve().parent.parent)  # importable even when not installed
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
@@ -117,47 +144,34 @@ def run_probe(extra_buffers: bool, env: Mapping[str, str], timeout: float = PROB
         try:
             done = subprocess.run(cmd, cwd=folder, env=child_env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return None
-    if done.returncode > 0:
-        log.info("cpu probe exited with status %d: %s", done.returncode, done.stderr.strip()[-500:])
-    return done.returncode
-
-
-def _death(rc: int | None) -> str:
-    if rc is None:
-        return "timed out"
-    if rc < 0:
-        try:
-            return f"died by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"died by signal {-rc}"
-    return f"exited with status {rc}"
+            return ProbeRun(None)
+    lines = done.stderr.strip().splitlines()
+    return ProbeRun(done.returncode, lines[-1][:200] if lines and done.returncode > 0 else "")
 
 
 def probe(env: Mapping[str, str], timeout: float = PROBE_TIMEOUT_S) -> Verdict:
-    """Run the probe child with extra buffer types on, and off when that died by a signal."""
+    """Run the probe child with extra buffer types on, and again with them off when that died by a signal."""
     with_extra = run_probe(True, env, timeout)
-    if with_extra == 0:
+    if with_extra.clean:
         return Verdict("on", "extra CPU buffer types on: the CPU probe ran clean with them")
-    if with_extra is None or with_extra > 0:
-        return Verdict("default", f"extra CPU buffer types on (default): the CPU probe {_death(with_extra)}")
+    if not with_extra.killed:
+        return Verdict("default", f"extra CPU buffer types on (llama.cpp's default): the CPU probe {with_extra}")
     without = run_probe(False, env, timeout)
-    if without == 0:
+    if without.clean:
         return Verdict(
             "off",
-            f"extra CPU buffer types off: the CPU probe {_death(with_extra)} with them "
+            f"extra CPU buffer types off: the CPU probe {with_extra} with them "
             "(ggml's AMX or repacked kernels fault on this CPU) and ran clean without",
         )
-    if without is not None and without < 0:
+    if without.killed:
         return Verdict(
             "unsupported",
-            f"this llama-cpp-python build uses instructions this CPU lacks (a CPU probe {_death(without)} with "
-            f"and without ggml's extra buffer types); reinstall a portable build: {REBUILD}",
+            f"this llama-cpp-python build uses instructions this CPU lacks (the CPU probe {without} with and "
+            f"without ggml's extra buffer types); reinstall a portable build: {REBUILD}",
         )
     return Verdict(
         "default",
-        f"extra CPU buffer types on (default): the CPU probe {_death(with_extra)} with them "
-        f"and {_death(without)} without",
+        f"extra CPU buffer types on (llama.cpp's default): the CPU probe {with_extra} with them and {without} without",
     )
 
 

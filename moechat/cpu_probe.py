@@ -5,8 +5,10 @@ that ggml's AMX kernels and weight repacking both take these tensors), loads it 
 buffer types on or off, and decodes one batch of several tokens: on CPUs whose AMX path faults, that first
 quantized matmul over two or more tokens is where the process dies (SIGILL). Exits 0 when the batch decodes.
 
-Test hook: MOECHAT_CPU_PROBE_FAULT=extra (or =all) makes the probe kill itself with SIGILL at the decode
-when extra buffer types are on (or always), to simulate a faulting CPU on one that is not.
+Test hook, to simulate on a sound CPU what the guard must survive: MOECHAT_CPU_PROBE_FAULT=extra makes the
+probe kill itself with SIGILL at the decode when extra buffer types are on (a CPU whose AMX path faults), =all
+whether they are on or not (a build carrying instructions the CPU lacks); =exit exits with status 3 there and
+=hang sleeps there (probes that fail without a signal).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from moechat.tiny_gguf import TinySpec, write_tiny_gguf
 
 FAULT_ENV = "MOECHAT_CPU_PROBE_FAULT"
+FAULTS = ("", "extra", "all", "exit", "hang")
 PROBE_SPEC = TinySpec(
     n_layers=2,
     n_embd=256,
@@ -38,11 +42,16 @@ N_TOKENS = 8
 
 
 def _simulated_fault(extra_buffers: bool) -> None:
+    """The test hook (see the module's doc): act out a failure at the point where a real CPU would fail."""
     fault = os.environ.get(FAULT_ENV, "")
-    if fault not in ("", "extra", "all"):
-        raise SystemExit(f"{FAULT_ENV} must be 'extra' or 'all', got {fault!r}")
+    if fault not in FAULTS:
+        raise SystemExit(f"{FAULT_ENV} must be one of {', '.join(FAULTS[1:])}; got {fault!r}")
     if fault == "all" or (fault == "extra" and extra_buffers):
         os.kill(os.getpid(), signal.SIGILL)
+    elif fault == "exit":
+        raise SystemExit(3)
+    elif fault == "hang":
+        time.sleep(3600)
 
 
 def probe(folder: Path, extra_buffers: bool) -> None:
