@@ -35,7 +35,15 @@ def cached(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("cpu-guard-*.json"))]
 
 
-def test_a_clean_probe_keeps_extra_buffers_on_and_caches_it(tmp_path):
+@pytest.fixture(scope="module")
+def clean_here(tmp_path_factory: pytest.TempPathFactory) -> bool:
+    """Whether this CPU's own probe runs clean with extra buffer types (faults can be simulated, not removed)."""
+    return decide(environ(), tmp_path_factory.mktemp("machine"), "machine").extra_buffers
+
+
+def test_a_clean_probe_keeps_extra_buffers_on_and_caches_it(tmp_path, clean_here):
+    if not clean_here:
+        pytest.skip("this CPU faults with extra buffer types: no clean probe to observe here")
     choice = decide(environ(), tmp_path, "k")
     assert choice.extra_buffers is True
     assert "ran clean" in choice.note
@@ -69,20 +77,21 @@ def test_a_probe_failing_without_a_signal_keeps_the_default_says_why_and_is_not_
     assert cached(tmp_path) == []
 
 
-def test_the_verdict_is_cached_per_key_and_a_new_key_probes_again(tmp_path):
+def test_the_verdict_is_cached_per_key_and_a_new_key_probes_again(tmp_path, clean_here):
     assert decide(environ(**{FAULT_ENV: "extra"}), tmp_path, "build-a").extra_buffers is False
     # a probe now would raise (it dies both ways): getting the cached 'off' proves no child ran
     assert decide(environ(**{FAULT_ENV: "all"}), tmp_path, "build-a").extra_buffers is False
-    # another build or CPU: probed afresh, cached beside the first
-    assert decide(environ(), tmp_path, "build-b").extra_buffers is True
-    assert sorted(c["outcome"] for c in cached(tmp_path)) == ["off", "on"]
+    # another build or CPU: probed afresh (no simulated fault now), cached beside the first
+    assert decide(environ(), tmp_path, "build-b").extra_buffers is clean_here
+    assert len(cached(tmp_path)) == 2
 
 
-def test_a_cache_entry_of_another_key_or_garbled_is_not_trusted(tmp_path):
-    decide(environ(**{FAULT_ENV: "extra"}), tmp_path, "k")
+def test_a_cache_entry_of_another_key_or_garbled_is_not_trusted(tmp_path, clean_here):
+    with pytest.raises(CpuUnsupportedError):
+        decide(environ(**{FAULT_ENV: "all"}), tmp_path, "k")  # cached: unsupported
     (entry,) = tmp_path.glob("cpu-guard-*.json")
     entry.write_text(json.dumps({**json.loads(entry.read_text()), "key": "another"}))
-    assert decide(environ(), tmp_path, "k").extra_buffers is True  # probed again, clean this time
+    assert decide(environ(), tmp_path, "k").extra_buffers is clean_here  # trusting the entry would have raised
     entry.write_text("{not json")
     assert decide(environ(**{FAULT_ENV: "extra"}), tmp_path, "k").extra_buffers is False
 
