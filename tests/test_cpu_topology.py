@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from moechat.cpu_topology import CpuBudget, cgroup_quota, cpu_budget, parse_cpulist, physical_cores, this_machine
+from moechat.engine import Engine
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -129,3 +130,13 @@ def test_this_machine_agrees_with_an_independent_count():
     ids = {tuple((t / f).read_text().strip() for f in ("physical_package_id", "die_id", "core_id")) for t in topo}
     assert budget.physical == len(ids)
     assert 1 <= budget.threads <= budget.batch_threads <= len(allowed)
+
+
+def test_engine_load_defaults_to_the_budget_and_keeps_an_explicit_count(tiny_moe_path):
+    budget = this_machine()
+    with Engine.load(tiny_moe_path, n_ctx=256) as engine:
+        assert (engine.report.n_threads, engine.report.threads_note) == (budget.threads, budget.note)
+        assert engine.report.n_threads_batch == budget.batch_threads
+    with Engine.load(tiny_moe_path, n_ctx=256, n_threads=3) as engine:
+        assert (engine.report.n_threads, engine.report.threads_note) == (3, "requested")
+        assert engine.report.n_threads_batch == max(budget.batch_threads, 3)
