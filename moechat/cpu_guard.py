@@ -10,10 +10,11 @@ buffer types on; if it dies by a signal, again with them off. The verdict:
   unsupported  died both ways: this native build carries instructions the CPU lacks -> CpuUnsupportedError,
                whose one line gives the portable rebuild command
 
-A probe that fails otherwise (an exit status, a timeout) keeps the default and says why. Verdicts are cached as
-JSON under the cache dir, keyed by the llama-cpp-python build (version, shared libraries' sizes and times) and
-the CPU (its flags, the machine type); in memory once per process. MOECHAT_CPU_EXTRA_BUFFERS=on|off skips the
-probe; auto (the default) runs it.
+A probe that fails otherwise (an exit status, a timeout) keeps the default and says why (after a death with
+them on, they stay off); such verdicts are not cached. The others are cached as JSON under the cache dir,
+keyed by the llama-cpp-python build (version, shared libraries' sizes and times) and the CPU (its flags, the
+machine type), and kept in memory once per process. MOECHAT_CPU_EXTRA_BUFFERS=on|off skips the probe; auto
+(the default) runs it.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ class CpuChoice:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A probe's outcome: 'on', 'off', 'unsupported', or 'default' (inconclusive: not cached)."""
+    """A probe's outcome: 'on', 'off' or 'unsupported'; only conclusive verdicts are cached."""
 
     outcome: str
     note: str
+    conclusive: bool = True
 
     def choice(self) -> CpuChoice:
         if self.outcome == "unsupported":
@@ -155,7 +157,8 @@ def probe(env: Mapping[str, str], timeout: float = PROBE_TIMEOUT_S) -> Verdict:
     if with_extra.clean:
         return Verdict("on", "extra CPU buffer types on: the CPU probe ran clean with them")
     if not with_extra.killed:
-        return Verdict("default", f"extra CPU buffer types on (llama.cpp's default): the CPU probe {with_extra}")
+        note = f"extra CPU buffer types on (llama.cpp's default): the CPU probe {with_extra}"
+        return Verdict("on", note, conclusive=False)
     without = run_probe(False, env, timeout)
     if without.clean:
         return Verdict(
@@ -169,10 +172,8 @@ def probe(env: Mapping[str, str], timeout: float = PROBE_TIMEOUT_S) -> Verdict:
             f"this llama-cpp-python build uses instructions this CPU lacks (the CPU probe {without} with and "
             f"without ggml's extra buffer types); reinstall a portable build: {REBUILD}",
         )
-    return Verdict(
-        "default",
-        f"extra CPU buffer types on (llama.cpp's default): the CPU probe {with_extra} with them and {without} without",
-    )
+    note = f"extra CPU buffer types off: the CPU probe {with_extra} with them and {without} without"
+    return Verdict("off", note, conclusive=False)  # on is the one path seen to die
 
 
 def decide(env: Mapping[str, str], cache: Path, key: str, timeout: float = PROBE_TIMEOUT_S) -> CpuChoice:
@@ -184,7 +185,7 @@ def decide(env: Mapping[str, str], cache: Path, key: str, timeout: float = PROBE
     verdict = _read(path, key)
     if verdict is None:
         verdict = probe(env, timeout)
-        if verdict.outcome != "default":
+        if verdict.conclusive:
             _write(path, key, verdict)
     return verdict.choice()
 
@@ -202,13 +203,15 @@ def _read(path: Path, key: str) -> Verdict | None:
 def _write(path: Path, key: str, verdict: Verdict) -> None:
     """Atomically: concurrent probers each rename a whole file into place."""
     data = {"key": key, "outcome": verdict.outcome, "note": verdict.note, "llama_cpp": llama_cpp.__version__}
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, path)
     except OSError as exc:  # a read-only cache costs a probe per process, nothing else
         log.info("cannot cache the CPU probe's verdict at %s: %s", path, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 _lock = threading.Lock()

@@ -8,7 +8,7 @@ quantized matmul over two or more tokens is where the process dies (SIGILL). Exi
 Test hook, to simulate on a sound CPU what the guard must survive: MOECHAT_CPU_PROBE_FAULT=extra makes the
 probe kill itself with SIGILL at the decode when extra buffer types are on (a CPU whose AMX path faults), =all
 whether they are on or not (a build carrying instructions the CPU lacks); =exit exits with status 3 there and
-=hang sleeps there (probes that fail without a signal).
+=hang sleeps there (probes that fail without a signal); =mixed dies by SIGILL with them and exits 3 without.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from moechat.tiny_gguf import TinySpec, write_tiny_gguf
 
 FAULT_ENV = "MOECHAT_CPU_PROBE_FAULT"
-FAULTS = ("", "extra", "all", "exit", "hang")
+FAULTS = ("", "extra", "all", "exit", "hang", "mixed")
 PROBE_SPEC = TinySpec(
     n_layers=2,
     n_embd=256,
@@ -46,9 +46,9 @@ def _simulated_fault(extra_buffers: bool) -> None:
     fault = os.environ.get(FAULT_ENV, "")
     if fault not in FAULTS:
         raise SystemExit(f"{FAULT_ENV} must be one of {', '.join(FAULTS[1:])}; got {fault!r}")
-    if fault == "all" or (fault == "extra" and extra_buffers):
+    if fault == "all" or (fault in ("extra", "mixed") and extra_buffers):
         os.kill(os.getpid(), signal.SIGILL)
-    elif fault == "exit":
+    elif fault in ("exit", "mixed"):
         raise SystemExit(3)
     elif fault == "hang":
         time.sleep(3600)

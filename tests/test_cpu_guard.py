@@ -77,6 +77,13 @@ def test_a_probe_failing_without_a_signal_keeps_the_default_says_why_and_is_not_
     assert cached(tmp_path) == []
 
 
+def test_killed_with_extra_buffers_and_failing_without_keeps_them_off_uncached(tmp_path):
+    choice = decide(environ(**{FAULT_ENV: "mixed"}), tmp_path, "k")
+    assert choice.extra_buffers is False
+    assert "died by SIGILL with them and exited with status 3" in choice.note
+    assert cached(tmp_path) == []
+
+
 def test_the_verdict_is_cached_per_key_and_a_new_key_probes_again(tmp_path, clean_here):
     assert decide(environ(**{FAULT_ENV: "extra"}), tmp_path, "build-a").extra_buffers is False
     # a probe now would raise (it dies both ways): getting the cached 'off' proves no child ran
