@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import llama_cpp.llama
 from llama_cpp import Llama
 
+from moechat.engine import cpu_guard
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling
 from moechat.gguf.tiny import TinySpec, write_tiny_gguf
@@ -51,6 +53,24 @@ def time_engine(engine: Engine, n: int) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
+def plain_llama(path: Path, threads: int) -> Llama:
+    """llama-cpp-python's `Llama`, loaded with the CPU guard's choice of extra buffer types as Engine.load is
+    (`Llama` takes no such argument: its default model parameters are adjusted while it loads)."""
+    extra = cpu_guard.extra_buffers().extra_buffers
+    defaults = llama_cpp.llama.llama_cpp.llama_model_default_params
+
+    def guarded() -> llama_cpp.llama_model_params:
+        params = defaults()
+        params.use_extra_bufts = extra
+        return params
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = guarded
+    try:
+        return Llama(str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_gpu_layers=0, verbose=False)
+    finally:
+        llama_cpp.llama.llama_cpp.llama_model_default_params = defaults
+
+
 def time_plain(llm: Llama, n: int) -> float:
     llm.reset()
     stamps = []
@@ -69,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     path = write_tiny_gguf(Path(tempfile.mkdtemp()) / "bench.gguf", SPEC)
     t = args.threads
-    plain = Llama(str(path), n_ctx=1024, n_threads=t, n_threads_batch=t, n_gpu_layers=0, verbose=False)
+    plain = plain_llama(path, t)
     engines = {
         m: Engine.load(path, n_ctx=1024, n_threads=t, capture=m, n_gpu_layers=0) for m in ("off", "python", "fast")
     }

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = slot.get()
     print(
-        f"moechat: {engine.info.name} ({engine.info.n_experts} experts) on http://{settings.host}:{settings.port}",
+        f"moechat: {engine.info.name} ({engine.info.n_experts} experts) on http://{settings.host}:{settings.port}, "
+        f"{engine.report.n_threads} CPU threads ({engine.report.threads_note})",
         file=sys.stderr,
     )
     try:

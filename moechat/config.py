@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="folder for the chat database, avatars and the demo model")
     p.add_argument("--n-gpu-layers", type=int, help="layers to offload to the GPU (default: all when supported)")
     p.add_argument("--n-ctx", type=int, help="context size in tokens (default 4096)")
-    p.add_argument("--threads", type=int, help="CPU threads for generation (default: half the cores)")
+    p.add_argument("--threads", type=int, help="CPU threads for generation (default: one per physical core)")
     p.add_argument("--capture", choices=CAPTURE_MODES, help="routing capture: auto, fast (C), python or off")
     p.add_argument(
         "--hosted",

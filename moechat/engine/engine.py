@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
@@ -20,8 +19,10 @@ import llama_cpp._internals as internals
 import llama_cpp._logger
 import numpy as np
 
+from moechat.engine import cpu_guard
 from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
 from moechat.engine.text_release import TextReleaser
+from moechat.engine.threads import this_machine
 from moechat.engine.types import LoadReport, Sampling, Token
 from moechat.errors import EngineError
 from moechat.gguf.info import ModelInfo, open_reader, read_info, require_stacked, token_embedding
@@ -88,9 +89,13 @@ class Engine:
             info = dataclasses.replace(info, n_experts_used=experts_used)
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
         layers = (info.n_layers + 1 if gpu else 0) if n_gpu_layers is None else n_gpu_layers
-        threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
+        cpu = cpu_guard.extra_buffers()  # before any model is evaluated: probed once per machine, in a child
+        budget = this_machine()
+        threads = n_threads or budget.threads
+        batch_threads = max(budget.batch_threads, threads)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = layers
+        mparams.use_extra_bufts = cpu.extra_buffers
         overrides = _overrides({f"{info.architecture}.expert_used_count": experts_used} if experts_used else {})
         mparams.kv_overrides = overrides
         try:
@@ -98,8 +103,10 @@ class Engine:
         except ValueError as exc:
             raise EngineError(f"llama.cpp could not load {info.path.name}: {exc}") from exc
         cap = make_capture(capture)
-        ctx = _context(model, n_ctx or info.context_length, threads, cap, exact)
-        report = LoadReport(gpu, layers if gpu else 0, cap.mode if cap else "off", threads)
+        ctx = _context(model, n_ctx or info.context_length, threads, batch_threads, cap, exact)
+        why = "requested" if n_threads else budget.note
+        mode = cap.mode if cap else "off"
+        report = LoadReport(gpu, layers if gpu else 0, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note)
         engine = cls(info, model, ctx, cap, report, full_prompt_routing)
         engine._overrides = overrides  # llama.cpp keeps the pointer: keep the array alive
         return engine
@@ -317,13 +324,17 @@ def _overrides(values: dict[str, int]) -> ctypes.Array | None:
 
 
 def _context(
-    model: internals.LlamaModel, n_ctx: int, threads: int, cap: FastCapture | PythonCapture | None, exact: bool
+    model: internals.LlamaModel,
+    n_ctx: int,
+    threads: int,
+    batch_threads: int,
+    cap: FastCapture | PythonCapture | None,
+    exact: bool,
 ) -> internals.LlamaContext:
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = params.n_ubatch = min(512, n_ctx)
-    params.n_threads = threads
-    params.n_threads_batch = max(os.cpu_count() or 1, threads)
+    params.n_threads, params.n_threads_batch = threads, batch_threads
     if exact:  # float32 KV cache and no flash attention (whose CPU path rounds Q to f16)
         params.type_k = params.type_v = 0  # GGML_TYPE_F32
         params.flash_attn_type = 0  # LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -62,3 +62,7 @@ class LoadReport:
     n_gpu_layers: int
     capture: str  # "fast", "python" or "off"
     n_threads: int
+    n_threads_batch: int = 0
+    threads_note: str = ""  # why n_threads: "2 physical cores", "requested"
+    cpu_extra_buffers: bool = True  # ggml's extra CPU buffer types (AMX, repacking): see engine/cpu_guard.py
+    cpu_note: str = ""  # why cpu_extra_buffers

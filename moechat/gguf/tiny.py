@@ -50,6 +50,7 @@ class TinySpec:
     expert_layout: Literal["stacked", "split"] = "stacked"
     router_dtype: Literal["f32", "f16"] = "f32"
     expert_dtype: Literal["same", "q8_0"] = "same"  # "same": the model's dtype
+    quants: tuple[str, ...] = ()  # layer i's weight matrices in GGML type quants[i % len] ("Q8_0", "Q4_0")
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -109,6 +110,13 @@ def _keep_f32(name: str) -> bool:
     return name.endswith("norm.weight") or "ffn_gate_inp" in name
 
 
+def _quant_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType | None:
+    """The quantized type of a layer's weight matrix when spec.quants asks for one (rows must be whole blocks)."""
+    if not spec.quants or not name.startswith("blk.") or _keep_f32(name):
+        return None
+    return gguf.GGMLQuantizationType[spec.quants[int(name.split(".")[1]) % len(spec.quants)]]
+
+
 def split_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The pre-2024 layout: each stacked blk.N.ffn_K_exps.weight [E, rows, cols] becomes E tensors
     blk.N.ffn_K.X.weight [rows, cols], in place of the stack."""
@@ -122,7 +130,9 @@ def split_experts(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _add(w: gguf.GGUFWriter, spec: TinySpec, name: str, data: np.ndarray) -> None:
-    if "ffn_gate_inp" in name:
+    if (qtype := _quant_type(name, spec)) is not None:
+        w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    elif "ffn_gate_inp" in name:
         w.add_tensor(name, data.astype(np.float16) if spec.router_dtype == "f16" else data)
     elif spec.expert_dtype == "q8_0" and re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)(_exps|\.\d+)\.weight", name):
         q8 = gguf.GGMLQuantizationType.Q8_0

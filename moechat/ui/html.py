@@ -164,7 +164,8 @@ def model_markdown(info: object, report: object, tokens_per_s: float | None = No
         ("quant", getattr(info, "file_type", "")),
         ("GPU layers offloaded", _gpu(report)),
         ("routing capture", getattr(report, "capture", "off")),
-        ("CPU threads", getattr(report, "n_threads", "")),
+        ("CPU threads", _threads(report)),
+        ("CPU kernels", getattr(report, "cpu_note", "") or "llama.cpp's default"),
         ("last reply", speed),
     ]
     return "\n".join(["| | |", "|---|---|", *(f"| {esc(k)} | {esc(v)} |" for k, v in rows)])
@@ -181,6 +182,17 @@ def gpu_note(report: object) -> str:
     if getattr(report, "gpu_offload_supported", True):
         return ""
     return f"⚠ This llama.cpp build has no GPU support: every layer runs on the CPU. Reinstall with `{REINSTALL_GPU}`."
+
+
+def _threads(report: object) -> str:
+    """'2 (2 physical cores); prompt 4' from the load report."""
+    text = str(getattr(report, "n_threads", ""))
+    if note := getattr(report, "threads_note", ""):
+        text += f" ({note})"
+    batch = getattr(report, "n_threads_batch", 0)
+    if batch and batch != getattr(report, "n_threads", batch):
+        text += f"; prompt evaluation {batch}"
+    return text
 
 
 def _gpu(report: object) -> str:
