@@ -105,7 +105,7 @@ def resolve_model(
 ) -> ResolvedModel:
     """Resolve a `--model` value (see the module docstring) to a local GGUF, downloading it when needed.
 
-    A pre-2024 split-expert file is upgraded once into data_dir (moechat.gguf_upgrade) and the upgrade returned, with
+    A pre-2024 split-expert file is upgraded once into data_dir (moechat.gguf.upgrade) and the upgrade returned, with
     a note; `upgrade=False` returns the file as it is (for readers that need only its metadata and routers)."""
     value = (value or "demo").strip()
     if value == "demo":
