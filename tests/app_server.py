@@ -24,20 +24,20 @@ def free_port() -> int:
 
 
 class AppServer:
-    """`python app.py` on a free port and a given data dir (the browser tests' recipe)."""
+    """`python app.py` on a free port and a given data dir (conftest's `app_server` fixtures start them)."""
 
-    def __init__(self, model: Path, data_dir: Path, *extra: str) -> None:
+    def __init__(self, model: Path, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.model, self.data_dir, self.extra, self.port = model, data_dir, extra, free_port()
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"app-{self.port}.log"
 
     def start(self, timeout: float = 90) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
         cmd = [sys.executable, "app.py", "--model", str(self.model), "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), "--threads", "1", "--n-ctx", "1024", *self.extra]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
