@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ class AppServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"app.py exited: {self.log.read_text()[-2000:]}")
             try:
-                urllib.request.urlopen(self.url, timeout=1)
+                urllib.request.urlopen(self.url + "v1/health", timeout=1)  # mounted last: the UI and the API serve
                 return
             except OSError:
                 time.sleep(0.3)
@@ -58,3 +59,6 @@ class AppServer:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+
+StartApp = Callable[..., AppServer]  # conftest's `app_server(model, data_dir, *app_args, env=…)` fixtures

@@ -5,7 +5,7 @@ session with moechat.gguf.tiny (random weights, fixed seeds; the specs are in te
 """
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from moechat.engine.engine import Engine
 from moechat.gguf.tiny import write_tiny_gguf
 from moechat.store.store import Store
-from tests.app_server import ARGS, CHROMIUM, AppServer
+from tests.app_server import ARGS, CHROMIUM, AppServer, StartApp
 from tests.models import SHAPES
 
 try:  # browser tests: UI events queue behind each other on slow shared machines, so assertions wait 20 s, not 5
@@ -51,9 +51,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     """A fresh SQLite chat store in the test's own directory."""
     with Store.open(tmp_path) as s:
         yield s
-
-
-StartApp = Callable[..., AppServer]
 
 
 def _app_servers() -> Iterator[StartApp]:

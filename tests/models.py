@@ -28,12 +28,12 @@ MOE4_NAMED = TinySpec(n_layers=3, n_experts=4, expert_names=tuple("abcd"))
 DENSE = TinySpec(n_experts=0)
 
 
-def dense(seed: int, dtype: Literal["f32", "f16"] = "f32") -> TinySpec:
+def dense_source(seed: int, dtype: Literal["f32", "f16"] = "f32") -> TinySpec:
     """A dense source model for the frankenMoE builder (d1, d2, … and their f16 twins h1, h2, …)."""
     return replace(DENSE, seed=seed, dtype=dtype)
 
 
-WIDE_DENSE = TinySpec(n_experts=0, n_ff=96, seed=4)  # an FFN wider than dense(seed)'s: the builder refuses it
+WIDE_DENSE = TinySpec(n_experts=0, n_ff=96, seed=4)  # an FFN wider than dense_source(seed)'s: the builder refuses it
 BUILDER_MOE = TinySpec(n_experts=2, seed=5)  # an MoE offered to the builder as a source: refused
 STEERING_DENSE = TinySpec(n_experts=0, seed=31, name="dense")  # stacked twice into an MoE of identical experts
 # widths that are multiples of 256, as llama.cpp's k-quant blocks need

@@ -17,12 +17,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from moechat.errors import EngineError, StoreError
 from moechat.gguf.info import read_info
 from moechat.store.store import DB_NAME, Store
+from tests.app_server import StartApp
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,23 +189,16 @@ def test_disk_full_is_a_store_error_and_the_database_stays_intact(tiny_disk: Pat
 
 
 @pytest.mark.browser
-def test_app_loads_after_a_cli_chat_import(tmp_path: Path, tiny_moe_path: Path) -> None:
-    pytest.importorskip("playwright")
-    from playwright.sync_api import expect, sync_playwright
-
-    from tests.app_server import ARGS, CHROMIUM, AppServer
+def test_app_loads_after_a_cli_chat_import(
+    tmp_path: Path, tiny_moe_path: Path, browser: Browser, app_server: StartApp
+) -> None:
+    from playwright.sync_api import expect
 
     data_dir = tmp_path / "data"
     cmd = [sys.executable, "-m", "moechat", "chats", "--data-dir", str(data_dir), "import"]
     subprocess.run([*cmd, str(st_file(tmp_path / "c.jsonl", 4))], cwd=ROOT, check=True, timeout=120)
-    server = AppServer(tiny_moe_path, data_dir)
-    server.start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            page = browser.new_page()
-            page.goto(server.url)
-            expect(page.locator("#gallery .thumbnail-item", has_text="Sera")).to_be_visible(timeout=20_000)
-            browser.close()
-    finally:
-        server.stop()
+    server = app_server(tiny_moe_path, data_dir)
+    page = browser.new_page()
+    page.goto(server.url)
+    expect(page.locator("#gallery .thumbnail-item", has_text="Sera")).to_be_visible(timeout=20_000)
+    page.close()
