@@ -51,5 +51,7 @@ BROWSER_MOE = TinySpec(
     favour=TOKEN_A,
     expert_names=("Xwin", "Pygmalion"),
 )
+# the legacy-layout tests write it in variants: router and expert dtypes, stacked and split experts
+UPGRADE_MOE4 = TinySpec(n_layers=2, n_experts=4, n_experts_used=2, seed=21, expert_names=("a", "b", "c", "d"))
 SECOND_EXPERTS = ("Alpha", "Beta", "Gamma", "Delta")
 BROWSER_SECOND_MOE = TinySpec(n_layers=3, n_experts=4, n_ctx=2048, seed=11, favour=TOKEN_A, expert_names=SECOND_EXPERTS)
