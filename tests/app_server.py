@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,26 +25,26 @@ def free_port() -> int:
 
 
 class AppServer:
-    """`python app.py` on a free port and a given data dir (the browser tests' recipe)."""
+    """`python app.py` on a free port and a given data dir (conftest's `app_server` fixtures start them)."""
 
-    def __init__(self, model: Path, data_dir: Path, *extra: str) -> None:
+    def __init__(self, model: Path, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.model, self.data_dir, self.extra, self.port = model, data_dir, extra, free_port()
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"app-{self.port}.log"
 
     def start(self, timeout: float = 90) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
         cmd = [sys.executable, "app.py", "--model", str(self.model), "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), "--threads", "1", "--n-ctx", "1024", *self.extra]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"app.py exited: {self.log.read_text()[-2000:]}")
             try:
-                urllib.request.urlopen(self.url, timeout=1)
+                urllib.request.urlopen(self.url + "v1/health", timeout=1)  # mounted last: the UI and the API serve
                 return
             except OSError:
                 time.sleep(0.3)
@@ -58,3 +59,6 @@ class AppServer:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+
+StartApp = Callable[..., AppServer]  # conftest's `app_server(model, data_dir, *app_args, env=…)` fixtures

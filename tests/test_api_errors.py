@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
@@ -20,13 +19,7 @@ from fastapi.testclient import TestClient
 from moechat.api.routes import api_router
 from moechat.engine.engine import Engine
 from moechat.models.slot import ModelSlot
-from tests.test_api import CHAT, GREEDY, KEY, Server, chat, complete, load_engine, running_server, streamed_chat
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_moe_path: Path) -> Iterator[Engine]:
-    with load_engine(tiny_moe_path) as eng:
-        yield eng
+from tests.test_api import CHAT, GREEDY, KEY, Server, chat, complete, running_server, streamed_chat
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +159,7 @@ def test_a_client_giving_up_on_a_whole_answer_stops_its_generation(server):
 
 
 def test_a_model_switch_waits_for_the_answer_in_flight(tiny_models):
-    old, new = load_engine(tiny_models["moe2"]), load_engine(tiny_models["moe4"])
+    old, new = Engine.load(tiny_models["moe2"], n_ctx=2048), Engine.load(tiny_models["moe4"], n_ctx=2048)
     slot = ModelSlot(old)
     with running_server(old, api_router(slot.get, api_key=KEY, lease=slot.use)) as srv:
         body = {**LONG, "max_tokens": 300, "stream": True, "stream_options": {"include_usage": True}}

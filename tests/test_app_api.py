@@ -1,21 +1,10 @@
 """`python app.py` serves the OpenAI-compatible API beside the UI, on the same port and model."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
@@ -29,28 +18,9 @@ def get(url: str, body: dict | None = None, key: str | None = None) -> tuple[int
 
 
 @pytest.fixture(scope="module")
-def server(tiny_moe_path, tmp_path_factory):
-    port = free_port()
-    env = {**os.environ, "MOECHAT_API_KEY": "sesame", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "app.py", "--model", str(tiny_moe_path), "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--data-dir", str(tmp_path_factory.mktemp("data"))],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "/v1/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, "app.py exited"
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+def server(tiny_moe_path, tmp_path_factory, module_app_server):
+    data_dir = tmp_path_factory.mktemp("app") / "data"
+    return module_app_server(tiny_moe_path, data_dir, env={"MOECHAT_API_KEY": "sesame"}).url.rstrip("/")
 
 
 def test_models_and_chat_through_the_app(server):

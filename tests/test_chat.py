@@ -10,7 +10,6 @@ from moechat.chat import TurnOptions
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling
 from moechat.errors import StoreError
-from moechat.store.store import Store
 
 CARD = {
     "spec": "chara_card_v2",
@@ -27,18 +26,6 @@ CARD = {
     },
 }
 OPTIONS = TurnOptions(sampling=Sampling(temperature=0, max_tokens=12), format="metharme", user_name="Ann")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_moe_path):
-    with Engine.load(tiny_moe_path, n_ctx=1024) as eng:
-        yield eng
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store.open(tmp_path) as s:
-        yield s
 
 
 @pytest.fixture

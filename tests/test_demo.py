@@ -67,6 +67,7 @@ def dense() -> Iterator[Engine]:
         yield eng
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_demo_is_cached_by_input_hash(built: tuple[Path, float], monkeypatch: pytest.MonkeyPatch) -> None:
     path, seconds = built
@@ -89,6 +90,7 @@ def test_rebuild_is_byte_identical_and_replaces_stale_builds(built: tuple[Path, 
     assert not stale.exists()
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_demo_gates_are_healthy_and_named(built: tuple[Path, float]) -> None:
     prov = gate_provenance(built[0])

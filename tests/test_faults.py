@@ -17,12 +17,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from moechat.errors import EngineError, StoreError
 from moechat.gguf.info import read_info
 from moechat.store.store import DB_NAME, Store
+from tests.app_server import StartApp
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,22 +48,36 @@ def st_file(path: Path, n_messages: int, name: str = "Sera") -> Path:
     return path
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.1, 0.4])
-def test_sigkill_during_cli_chat_import_leaves_whole_chats(tmp_path: Path, delay: float) -> None:
+def read_until(proc: subprocess.Popen, marker: str) -> None:
+    """Read the child's output up to the first line that starts with `marker` (fails if it ends first)."""
+    for line in iter(proc.stdout.readline, ""):
+        if line.startswith(marker):
+            return
+    raise AssertionError(f"the child ended before {marker!r}")
+
+
+@pytest.mark.parametrize("reported", [0, 1, 3])
+def test_sigkill_during_cli_chat_import_leaves_whole_chats(tmp_path: Path, reported: int) -> None:
+    """Killed as soon as the database exists (reported=0), or right after the CLI reported that many chats
+    imported: the next chat is then mid-import."""
     files = [st_file(tmp_path / f"chat{i}.jsonl", 3000, name=f"Sera{i % 2}") for i in range(6)]
     data_dir = tmp_path / "data"
     cmd = [sys.executable, "-m", "moechat", "chats", "--data-dir", str(data_dir), "import", *map(str, files)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each "<file>: chat <id> (…)" line as soon as it is printed
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     deadline = time.monotonic() + 60
     while not (data_dir / DB_NAME).exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(delay)  # after the database exists: mid-import
+    for i in range(reported):
+        read_until(proc, f"{files[i]}: chat ")
     assert proc.poll() is None, "the import finished before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    proc.stdout.close()
     integrity_ok(data_dir)
     with Store.open(data_dir) as store:
         chats = store.chats()
+        assert len(chats) >= reported  # what the CLI reported imported was committed
         assert all(c.message_count == 3000 for c in chats)  # every chat whole, or absent
         for chat in chats:
             assert store.messages(chat.id)[-1].text == "message 2999 " * 20
@@ -78,6 +97,12 @@ SWITCHER = textwrap.dedent(
     from moechat.store.store import Store
 
     models, data = sys.argv[1:3], sys.argv[3]
+    said = threading.Lock()
+
+    def say(line):
+        with said:
+            print(line, flush=True)
+
     store = Store.open(data)
     character = store.add_character("Mira", {"name": "Mira", "first_mes": "Hello."})
     chat_id = chat.start_chat(store, character.id)
@@ -87,13 +112,16 @@ SWITCHER = textwrap.dedent(
     def talk():
         while True:
             with slot.use() as engine:
+                waiting = False
                 for _ in chat.send(engine, store, chat_id, "Go on.", options):
-                    pass
+                    if not waiting and slot.get() is not engine:
+                        say("waiting")  # a switch has begun and waits for this reply, which is running
+                        waiting = True
 
     threading.Thread(target=talk, daemon=True).start()
     for i in range(1000):
         slot.switch(Engine.load(models[(i + 1) % 2], n_ctx=1024))  # waits for the running reply
-        print("switched", flush=True)
+        say("switched")
     """
 )
 
@@ -105,8 +133,8 @@ def test_sigkill_during_model_switch(tmp_path: Path, tiny_models: dict[str, Path
     args = [str(tiny_models["moe2"]), str(tiny_models["moe4"]), str(data_dir)]
     proc = subprocess.Popen([sys.executable, "-c", SWITCHER, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "switched"
-        time.sleep(0.7)
+        read_until(proc, "switched")  # one switch done (it waited for the reply then running)
+        read_until(proc, "waiting")  # the next switch waits for a reply that is running now
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
@@ -184,23 +212,16 @@ def test_disk_full_is_a_store_error_and_the_database_stays_intact(tiny_disk: Pat
 
 
 @pytest.mark.browser
-def test_app_loads_after_a_cli_chat_import(tmp_path: Path, tiny_moe_path: Path) -> None:
-    pytest.importorskip("playwright")
-    from playwright.sync_api import expect, sync_playwright
-
-    from tests.app_server import ARGS, CHROMIUM, AppServer
+def test_app_loads_after_a_cli_chat_import(
+    tmp_path: Path, tiny_moe_path: Path, browser: Browser, app_server: StartApp
+) -> None:
+    from playwright.sync_api import expect
 
     data_dir = tmp_path / "data"
     cmd = [sys.executable, "-m", "moechat", "chats", "--data-dir", str(data_dir), "import"]
     subprocess.run([*cmd, str(st_file(tmp_path / "c.jsonl", 4))], cwd=ROOT, check=True, timeout=120)
-    server = AppServer(tiny_moe_path, data_dir)
-    server.start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            page = browser.new_page()
-            page.goto(server.url)
-            expect(page.locator("#gallery .thumbnail-item", has_text="Sera")).to_be_visible(timeout=20_000)
-            browser.close()
-    finally:
-        server.stop()
+    server = app_server(tiny_moe_path, data_dir)
+    page = browser.new_page()
+    page.goto(server.url)
+    expect(page.locator("#gallery .thumbnail-item", has_text="Sera")).to_be_visible(timeout=20_000)
+    page.close()

@@ -17,10 +17,11 @@ from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling
 from moechat.errors import ConfigError
 from moechat.gguf.info import EXPERT_NAMES_KEY, field, open_reader, read_info, router_weights
-from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import write_tiny_gguf
 from moechat.moe import frankenmoe
 from moechat.moe.frankenmoe import CONFIG_KEY, build_moe
 from moechat.moe.mergekit_config import parse_config
+from tests.models import BUILDER_MOE, WIDE_DENSE, dense_source
 
 QT = gguf.GGMLQuantizationType
 POS = ["Once upon a time", "the dragon said hello"]
@@ -52,12 +53,12 @@ def copy_gguf(src: Path, dst: Path, ffn_type: QT | None = None, tokens: list[str
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("dense")
     for seed in (1, 2, 3):
-        write_tiny_gguf(d / f"d{seed}.gguf", TinySpec(n_experts=0, seed=seed))
-        write_tiny_gguf(d / f"h{seed}.gguf", TinySpec(n_experts=0, seed=seed, dtype="f16"))
+        write_tiny_gguf(d / f"d{seed}.gguf", dense_source(seed))
+        write_tiny_gguf(d / f"h{seed}.gguf", dense_source(seed, "f16"))
     for seed in (1, 2):
         copy_gguf(d / f"d{seed}.gguf", d / f"q{seed}.gguf", ffn_type=QT.Q8_0)
-    write_tiny_gguf(d / "wide.gguf", TinySpec(n_experts=0, n_ff=96, seed=4))
-    write_tiny_gguf(d / "moe.gguf", TinySpec(n_experts=2, seed=5))
+    write_tiny_gguf(d / "wide.gguf", WIDE_DENSE)
+    write_tiny_gguf(d / "moe.gguf", BUILDER_MOE)
     tokens = list(field(gguf.GGUFReader(d / "d2.gguf"), "tokenizer.ggml.tokens"))
     copy_gguf(d / "d2.gguf", d / "othertok.gguf", tokens=[*tokens[:-1], "zz"])
     w = gguf.GGUFWriter(d / "gpt2.gguf", "gpt2")
@@ -182,7 +183,7 @@ def gate_rows(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def engine(models: Path) -> Engine:
+def d1_engine(models: Path) -> Engine:
     with Engine.load(models / "d1.gguf", n_ctx=256, allow_dense=True) as eng:
         yield eng
 
@@ -191,13 +192,13 @@ def ids(engine: Engine, prompt: str) -> list[int]:
     return [1, *engine.tokenize(prompt, add_bos=False)]  # the start token + prompt, like mergekit
 
 
-def test_cheap_embed_rows_are_normalised_embedding_sums(models: Path, tmp_path: Path, engine: Engine) -> None:
+def test_cheap_embed_rows_are_normalised_embedding_sums(models: Path, tmp_path: Path, d1_engine: Engine) -> None:
     rows = gate_rows(build(models, tmp_path, config("d1.gguf", ["d1.gguf", "d2.gguf"], "cheap_embed")))
     t = tensor(open_reader(models / "d1.gguf"), "token_embd.weight")
     table = gguf.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float64)
 
     def summed(prompts: list[str]) -> np.ndarray:
-        return unit(sum(table[ids(engine, p)].sum(axis=0) for p in prompts))
+        return unit(sum(table[ids(d1_engine, p)].sum(axis=0) for p in prompts))
 
     expected = [unit(summed(POS) - summed(NEG)), unit(summed(NEG) - summed(POS[:1]))]
     for layer in range(2):  # the same vector in every layer
@@ -205,14 +206,16 @@ def test_cheap_embed_rows_are_normalised_embedding_sums(models: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("mode", ["hidden", "hidden_avg"])
-def test_hidden_rows_are_normalised_mean_layer_inputs(models: Path, tmp_path: Path, engine: Engine, mode: str) -> None:
+def test_hidden_rows_are_normalised_mean_layer_inputs(
+    models: Path, tmp_path: Path, d1_engine: Engine, mode: str
+) -> None:
     rows = gate_rows(build(models, tmp_path, config("d1.gguf", ["d1.gguf", "d2.gguf"], mode)))
 
     def state(prompt: str) -> np.ndarray:  # [layers, n_embd]: last token, or mean over positions (causal prefixes)
-        toks = ids(engine, prompt)
+        toks = ids(d1_engine, prompt)
         if mode == "hidden":
-            return engine.hidden_states(toks).astype(np.float64)
-        return np.mean([engine.hidden_states(toks[:k]) for k in range(1, len(toks) + 1)], axis=0)
+            return d1_engine.hidden_states(toks).astype(np.float64)
+        return np.mean([d1_engine.hidden_states(toks[:k]) for k in range(1, len(toks) + 1)], axis=0)
 
     def mean(prompts: list[str]) -> np.ndarray:
         return np.mean([state(p) for p in prompts], axis=0)

@@ -8,7 +8,6 @@ Python, plus Playwright `dialog` events; every request to a host other than the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from moechat.cards.card import Card
 from moechat.cards.lorebook import read_lorebook
@@ -25,11 +24,9 @@ from moechat.cards.png import default_avatar
 from moechat.library import avatar_path
 from moechat.store.records import RoutingRecord
 from moechat.store.store import Store
-from tests.app_server import ARGS, CHROMIUM, AppServer
+from tests.app_server import AppServer, StartApp
 
 pytestmark = pytest.mark.browser
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 
 EVIL = "https://evil.example"
 PAYLOADS = [
@@ -103,14 +100,6 @@ def watched_context(browser: Browser, app_url: str) -> tuple[BrowserContext, Wat
     return context, watch
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
 def tokens_record(pieces: list[str]) -> RoutingRecord:
     """Routing for a reply made of `pieces`, one token each, on the tiny model's 2 layers x 2 experts."""
     n = len(pieces)
@@ -151,13 +140,12 @@ def fill_store(data_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def hostile_app(tmp_path_factory: pytest.TempPathFactory, tiny_moe_path: Path) -> Iterator[AppServer]:
+def hostile_app(
+    tmp_path_factory: pytest.TempPathFactory, tiny_moe_path: Path, module_app_server: StartApp
+) -> AppServer:
     root = tmp_path_factory.mktemp("hostile")
     fill_store(root / "data")
-    server = AppServer(tiny_moe_path, root / "data")
-    server.start()
-    yield server
-    server.stop()
+    return module_app_server(tiny_moe_path, root / "data")
 
 
 def visit_character(page: Page, i: int) -> None:

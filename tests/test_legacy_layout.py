@@ -30,9 +30,9 @@ from moechat.gguf.write import Planned, raw_bytes, reader_kvs, write_gguf
 from moechat.models import hub
 from moechat.moe.frankenmoe import build_from_file
 from moechat.moe.steering import solo_expert_gguf, top1_engine
+from tests.models import UPGRADE_MOE4
 
 QT = gguf.GGMLQuantizationType
-SPEC = TinySpec(n_layers=2, n_experts=4, n_experts_used=2, seed=21, expert_names=("a", "b", "c", "d"))
 VARIANTS = {"f32": {}, "f16_router": {"router_dtype": "f16"}, "q8_0_experts": {"expert_dtype": "q8_0"}}
 SPLIT_NAME = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight")
 PROMPT = "Once upon a time the dragon said hello to you and"
@@ -44,7 +44,7 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pat
     root = tmp_path_factory.mktemp("legacy")
     out = {}
     for name, options in VARIANTS.items():
-        spec = TinySpec(**{**SPEC.__dict__, **options})
+        spec = TinySpec(**{**UPGRADE_MOE4.__dict__, **options})
         stacked = write_tiny_gguf(root / f"{name}.stacked.gguf", spec)
         split = write_tiny_gguf(root / f"{name}.split.gguf", TinySpec(**{**spec.__dict__, "expert_layout": "split"}))
         out[name] = (stacked, split)
@@ -246,13 +246,13 @@ def test_upgrade_is_cached_by_source_identity(twins: dict, tmp_path: Path) -> No
     assert again == first and "using its stacked upgrade" in (note2 or "")
     assert (again.stat().st_ino, again.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)  # not rewritten
 
-    changed = TinySpec(**{**SPEC.__dict__, "seed": 22, "expert_layout": "split"})
+    changed = TinySpec(**{**UPGRADE_MOE4.__dict__, "seed": 22, "expert_layout": "split"})
     write_tiny_gguf(src, changed)
     os.utime(src, ns=(stat.st_mtime_ns + 10**9, stat.st_mtime_ns + 10**9))
     third, note3 = ensure_stacked(src, data, progress=False)
     assert third != first and "upgraded once" in (note3 or "")
     assert not first.exists()  # the old upgrade of this file is gone
-    want = write_tiny_gguf(tmp_path / "twin.gguf", TinySpec(**{**SPEC.__dict__, "seed": 22}))
+    want = write_tiny_gguf(tmp_path / "twin.gguf", TinySpec(**{**UPGRADE_MOE4.__dict__, "seed": 22}))
     assert third.read_bytes() == want.read_bytes()
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.app_server import ARGS, CHROMIUM, AppServer
+from tests.app_server import StartApp
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,33 +47,31 @@ def send(page: Page, text: str) -> None:
     page.locator("#msg textarea").press("Enter")
 
 
-def test_eight_sessions_chat_at_once(tmp_path: Path, tiny_moe_path: Path) -> None:
-    server = AppServer(tiny_moe_path, tmp_path / "data", "--hosted")
-    server.start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            pages = [browser.new_context(viewport={"width": 1300, "height": 900}).new_page() for _ in range(N_CONTEXTS)]
-            for page in pages:
-                open_session(page, server.url)
-            rss = [rss_mib(server.proc.pid)]
-            start = time.monotonic()
-            for r in range(ROUNDS):
-                for i, page in enumerate(pages):  # all sent before any is awaited: they queue on the model
-                    send(page, f"marker-{i}-{r}")
-                for i, page in enumerate(pages):
-                    expect(page.get_by_test_id("user").last).to_contain_text(f"marker-{i}-{r}", timeout=60_000)
-                    expect(page.locator(".generating")).to_have_count(0, timeout=120_000)
-                    expect(page.get_by_test_id("bot")).to_have_count(2 + r, timeout=30_000)  # greeting + replies
-                rss.append(rss_mib(server.proc.pid))
-            seconds = time.monotonic() - start
-            for i, page in enumerate(pages):
-                users = page.get_by_test_id("user").all_inner_texts()
-                assert all(f"marker-{i}-" in u for u in users), f"session {i} sees {users}"
-                assert len(users) == ROUNDS
-            browser.close()
-    finally:
-        server.stop()
+def test_eight_sessions_chat_at_once(
+    tmp_path: Path, tiny_moe_path: Path, browser: Browser, app_server: StartApp
+) -> None:
+    server = app_server(tiny_moe_path, tmp_path / "data", "--hosted")
+    contexts = [browser.new_context(viewport={"width": 1300, "height": 900}) for _ in range(N_CONTEXTS)]
+    pages = [context.new_page() for context in contexts]
+    for page in pages:
+        open_session(page, server.url)
+    rss = [rss_mib(server.proc.pid)]
+    start = time.monotonic()
+    for r in range(ROUNDS):
+        for i, page in enumerate(pages):  # all sent before any is awaited: they queue on the model
+            send(page, f"marker-{i}-{r}")
+        for i, page in enumerate(pages):
+            expect(page.get_by_test_id("user").last).to_contain_text(f"marker-{i}-{r}", timeout=60_000)
+            expect(page.locator(".generating")).to_have_count(0, timeout=120_000)
+            expect(page.get_by_test_id("bot")).to_have_count(2 + r, timeout=30_000)  # greeting + replies
+        rss.append(rss_mib(server.proc.pid))
+    seconds = time.monotonic() - start
+    for i, page in enumerate(pages):
+        users = page.get_by_test_id("user").all_inner_texts()
+        assert all(f"marker-{i}-" in u for u in users), f"session {i} sees {users}"
+        assert len(users) == ROUNDS
+    for context in contexts:
+        context.close()
     replies = N_CONTEXTS * ROUNDS
     print(f"\nload: {N_CONTEXTS} sessions x {ROUNDS} rounds = {replies} replies in {seconds:.1f} s; RSS MiB {rss}")
     assert max(rss) - rss[0] < RSS_GROWTH_LIMIT_MIB

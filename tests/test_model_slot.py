@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,28 +44,45 @@ def test_get_and_switch_closes_the_old_engine(tiny_models: dict[str, Path]) -> N
     slot.close()
 
 
+def _wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
 def test_switch_waits_for_a_lease_and_a_running_stream(tiny_models: dict[str, Path]) -> None:
-    slot = ModelSlot(_load(tiny_models["moe2"]), OPTIONS)
-    started, results, errors = threading.Event(), [], []
+    old = _load(tiny_models["moe2"])
+    slot = ModelSlot(old, OPTIONS)
+    leased, switched = threading.Event(), threading.Event()
+    results: list[list[int]] = []
+    errors: list[Exception] = []
+    returned_early: list[bool] = []
 
     def request() -> None:
         try:
             with slot.use() as engine:
-                started.set()
-                time.sleep(0.3)  # the switch is asked for while this request builds its prompt
+                leased.set()
+                _wait_until(lambda: slot.generation == 1)  # the switch is asked for while this request holds its lease
                 results.append(_reply(engine, 16))
+                returned_early.append(switched.is_set())
         except Exception as exc:
             errors.append(exc)
 
+    def switch() -> None:
+        slot.switch(_load(tiny_models["moe4"]))
+        switched.set()
+
     worker = threading.Thread(target=request)
     worker.start()
-    started.wait(5)
-    t0 = time.monotonic()
-    slot.switch(_load(tiny_models["moe4"]))
-    waited = time.monotonic() - t0
+    assert leased.wait(10)
+    switcher = threading.Thread(target=switch)
+    switcher.start()
     worker.join(10)
+    switcher.join(10)
     assert errors == [] and len(results[0]) == 16
-    assert waited >= 0.2  # the old engine was closed only after the lease came back
+    assert returned_early == [False] and switched.is_set()  # the old engine was closed only after the lease came back
+    _assert_closed(old)
     assert slot.get().info.n_experts == 4
     slot.close()
 
@@ -73,6 +91,7 @@ def test_many_requests_during_switches_never_fail(tiny_models: dict[str, Path]) 
     slot = ModelSlot(_load(tiny_models["moe2"]), OPTIONS)
     errors: list[BaseException] = []
     done = threading.Event()
+    replies, replied = [0], threading.Condition()  # replies finished so far (or failed)
 
     def client() -> None:
         while not done.is_set():
@@ -81,12 +100,16 @@ def test_many_requests_during_switches_never_fail(tiny_models: dict[str, Path]) 
                     _reply(engine, 4)
             except Exception as exc:
                 errors.append(exc)
+            with replied:
+                replies[0] += 1
+                replied.notify_all()
 
     workers = [threading.Thread(target=client) for _ in range(2)]
     for w in workers:
         w.start()
     for name in ("moe4", "moe2", "moe4"):
-        time.sleep(0.1)
+        with replied:  # two more replies since the last switch, then switch while the clients keep asking
+            assert replied.wait_for(lambda wanted=replies[0] + 2: replies[0] >= wanted, timeout=30)
         slot.switch(_load(tiny_models[name]))
     done.set()
     for w in workers:

@@ -90,6 +90,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_trace_demo_works_from_the_command_line(demo_data: Path, tmp_path: Path) -> None:
     """The issue's example, as a user runs it: a fresh data dir (MOECHAT_DATA_DIR), the demo built on first use."""
@@ -109,6 +110,7 @@ def test_trace_demo_works_from_the_command_line(demo_data: Path, tmp_path: Path)
     assert len(doc["tokens"]) >= 6 and all(len(t["probs"]) == doc["n_layers"] for t in doc["tokens"])
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_prompt_and_inspect_take_demo_too(demo_data: Path, card: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["prompt", str(card), "--model", "demo", "--data-dir", str(demo_data)]) == 0

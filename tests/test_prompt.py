@@ -2,7 +2,6 @@
 and trimming (definitions survive, examples go first, then the oldest messages, the report says what
 went) with a word counter, a property check, and the real llama.cpp tokenizer of a generated model."""
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moechat.cards.card import Card
+from moechat.engine.engine import Engine
 from moechat.errors import PromptError
 from moechat.prompt.assemble import AuthorsNote, Budget, Message, Persona, Prompt, build, estimate_tokens
 from moechat.prompt.formats import Format, get_format
@@ -219,13 +219,7 @@ def test_any_budget_keeps_a_newest_suffix_and_an_examples_prefix(context: int, n
 
 
 # ---- the real tokenizer --------------------------------------------------------------------------------
-needs_engine = pytest.mark.skipif(importlib.util.find_spec("moechat.engine.engine") is None, reason="no moechat.engine")
-
-
-@needs_engine
 def test_trimming_with_the_real_tokenizer(tiny_moe_path: Path) -> None:
-    from moechat.engine.engine import Engine
-
     with Engine.load(tiny_moe_path, n_ctx=512, capture="off") as engine:
         count = engine.count_tokens
         persona = Persona("Ann", "A traveller.")

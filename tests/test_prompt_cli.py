@@ -1,6 +1,5 @@
 """`python -m moechat prompt`: the exact prompt on stdout, the budget report on stderr."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -96,7 +95,6 @@ def test_bad_history_and_unknown_format_are_prompt_errors(files: tuple[Path, Pat
         main([str(card), "--format", "mistral"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("moechat.engine.engine") is None, reason="no moechat.engine")
 def test_model_tokenizer_counts_and_picks_the_template(
     files: tuple[Path, Path], tiny_moe_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,10 +10,11 @@ import pytest
 
 from moechat.__main__ import main as cli
 from moechat.commands.inspect import format_provenance
-from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import write_tiny_gguf
 from moechat.moe.frankenmoe import build_moe
 from moechat.moe.mergekit_config import parse_config
 from moechat.moe.provenance import gate_provenance, layer_gates
+from tests.models import DENSE, MOE2, MOE4_NAMED
 
 S = math.sqrt(0.5)
 # rows, expected (dead, collinear pairs, condition, degenerate)
@@ -58,7 +59,7 @@ def zero_router_row(path: Path, layer: int, expert: int) -> None:
 
 @pytest.fixture
 def moe(tmp_path: Path) -> Path:
-    return write_tiny_gguf(tmp_path / "moe.gguf", TinySpec(n_layers=3, n_experts=4, expert_names=tuple("abcd")))
+    return write_tiny_gguf(tmp_path / "moe.gguf", MOE4_NAMED)
 
 
 def test_inspect_flags_a_dead_gate(moe: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,7 +83,7 @@ def test_healthy_model_report(moe: Path) -> None:
 
 
 def test_names_from_an_adjacent_mergekit_config(tmp_path: Path) -> None:
-    path = write_tiny_gguf(tmp_path / "m.gguf", TinySpec(n_experts=2))
+    path = write_tiny_gguf(tmp_path / "m.gguf", MOE2)
     assert gate_provenance(path).names == ("expert 0", "expert 1")
     (tmp_path / "mergekit_moe_config.yml").write_text(
         "base_model: x\nexperts:\n  - source_model: Xwin-LM/Xwin-LM-7B-V0.2\n"
@@ -94,7 +95,7 @@ def test_names_from_an_adjacent_mergekit_config(tmp_path: Path) -> None:
 
 def test_builder_with_cancelling_prompts_makes_a_dead_gate(tmp_path: Path) -> None:
     """The known mergekit bug's signature: an expert whose positive and negative gates cancel."""
-    write_tiny_gguf(tmp_path / "d.gguf", TinySpec(n_experts=0))
+    write_tiny_gguf(tmp_path / "d.gguf", DENSE)
     text = (
         "base_model: d.gguf\ngate_mode: cheap_embed\nexperts:\n"
         "  - source_model: d.gguf\n    positive_prompts: [story]\n"
@@ -111,6 +112,6 @@ def test_inspect_json_and_errors(moe: Path, tmp_path: Path, capsys: pytest.Captu
     data = json.loads(capsys.readouterr().out)
     assert data["dead_gates"] == [[0, 0]] and data["layers"][0]["condition"] is None
     assert data["layers"][1]["cosines"][0][0] == pytest.approx(1.0)
-    dense = write_tiny_gguf(tmp_path / "dense.gguf", TinySpec(n_experts=0))
+    dense = write_tiny_gguf(tmp_path / "dense.gguf", DENSE)
     assert cli(["inspect", str(dense)]) == 2
     assert "not a Mixture-of-Experts model" in capsys.readouterr().err

@@ -13,16 +13,16 @@ from moechat.engine.quantize import check_routers, default_output, ftype_of, qua
 from moechat.engine.types import Sampling
 from moechat.errors import EngineError
 from moechat.gguf.info import open_reader, read_info
-from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import write_tiny_gguf
 from moechat.moe import fidelity
+from tests.models import K_QUANTIZABLE
 
-SPEC = TinySpec(n_embd=256, n_ff=512, n_heads=4, n_kv_heads=4, n_layers=2, seed=21, name="tiny256")
 SHORT_TEXTS = ("Once upon a time, the knight said hello.", "def f(x):\n    return x + 1\n")
 
 
 @pytest.fixture(scope="module")
 def f32_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("quant") / "tiny256.F32.gguf", SPEC)
+    return write_tiny_gguf(tmp_path_factory.mktemp("quant") / "tiny256.F32.gguf", K_QUANTIZABLE)
 
 
 @pytest.fixture(autouse=True)

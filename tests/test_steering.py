@@ -12,11 +12,12 @@ from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling
 from moechat.errors import EngineError
 from moechat.gguf.info import field, open_reader, read_info
-from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import write_tiny_gguf
 from moechat.gguf.write import raw_bytes
 from moechat.moe.frankenmoe import build_moe
 from moechat.moe.mergekit_config import parse_config
 from moechat.moe.steering import SOLO_KEY, solo_expert_gguf, steering_label, top1_engine
+from tests.models import STEERING_DENSE
 
 GREEDY = Sampling(temperature=0, max_tokens=12)
 PROMPT = "Once upon a time, the knight"
@@ -26,7 +27,7 @@ PROMPT = "Once upon a time, the knight"
 def twin_moe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(dense, MoE): the MoE stacks the dense model's FFN twice (identical experts) behind a random router."""
     d = tmp_path_factory.mktemp("twin")
-    write_tiny_gguf(d / "dense.gguf", TinySpec(n_experts=0, seed=31, name="dense"))
+    write_tiny_gguf(d / "dense.gguf", STEERING_DENSE)
     text = (
         "base_model: dense.gguf\ngate_mode: random\nexperts:\n"
         "  - source_model: dense.gguf\n    name: Left\n  - source_model: dense.gguf\n    name: Right\n"

@@ -22,12 +22,6 @@ def routing(n: int, layers: int = 3, experts: int = 8, k: int = 2, seed: int = 0
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store.open(tmp_path) as s:
-        yield s
-
-
-@pytest.fixture
 def chat(store):
     character = store.add_character("Sera", CARD)
     return store.create_chat(character.id, title="first", greetings=["Hi.", "Hello.", "Hey."])

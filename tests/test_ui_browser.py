@@ -15,48 +15,22 @@ pytest.importorskip("playwright")
 import contextlib
 import json
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.cards.card import Card, card_bytes
-from moechat.gguf.tiny import TinySpec, write_tiny_gguf
-from tests.app_server import ARGS, CHROMIUM, AppServer
+from moechat.gguf.tiny import write_tiny_gguf
+from tests.app_server import AppServer, StartApp
+from tests.models import BROWSER_MOE, BROWSER_SECOND_MOE
 
 pytestmark = pytest.mark.browser
-SPEC = TinySpec(
-    n_layers=6,
-    n_embd=512,
-    n_ff=1536,
-    n_heads=8,
-    n_kv_heads=4,
-    n_ctx=4096,
-    dtype="f16",
-    seed=7,
-    favour=324,
-    expert_names=("Xwin", "Pygmalion"),
-)
 HOSTILE = "<img src=x onerror=alert(1)>"
-SECOND_EXPERTS = ("Alpha", "Beta", "Gamma", "Delta")
-
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, module_app_server: StartApp) -> AppServer:
     root = tmp_path_factory.mktemp("ui")
-    srv = AppServer(write_tiny_gguf(root / "moe.gguf", SPEC), root / "data", "--n-ctx", "2048")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
+    return module_app_server(write_tiny_gguf(root / "moe.gguf", BROWSER_MOE), root / "data", "--n-ctx", "2048")
 
 
 @pytest.fixture
@@ -240,8 +214,7 @@ def test_steered_swipes_top1_and_solo(page: Page) -> None:
 
 
 def test_switch_to_a_second_model_and_chat(page: Page, server: AppServer) -> None:
-    spec = TinySpec(n_layers=3, n_experts=4, n_ctx=2048, seed=11, favour=324, expert_names=SECOND_EXPERTS)
-    second = write_tiny_gguf(server.data_dir.parent / "second.gguf", spec)
+    second = write_tiny_gguf(server.data_dir.parent / "second.gguf", BROWSER_SECOND_MOE)
     page.get_by_role("tab", name="Model").click()
     page.locator("#model_in textarea, #model_in input").first.fill(str(second))
     page.locator("#model_load").click()
