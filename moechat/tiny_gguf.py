@@ -87,7 +87,7 @@ LLAMA2_VOCAB_SIZE = 32_000
 # English letter frequencies (%, a..z): the merged pieces of llama2_vocab() are the likeliest letter strings.
 LETTER_FREQ = (8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.77, 4.0, 2.4, 6.7, 7.5, 1.9, 0.095, 6.0, 6.3)
 LETTER_FREQ += (9.1, 2.8, 0.98, 2.4, 0.15, 2.0, 0.074)
-P_WORD_START, P_CAPITAL = 0.18, 0.1
+P_WORD_START, P_CAPITAL = 0.5, 0.2
 MAX_PIECE_LETTERS = 4
 
 
@@ -120,8 +120,8 @@ def _llama2_chars() -> list[str]:
 
 def _merged_pieces(n: int) -> list[str]:
     """The n likeliest pieces (see llama2_vocab), best first; ties keep a fixed order (length, then alphabet)."""
-    logp = np.log(np.array(LETTER_FREQ) / sum(LETTER_FREQ))
-    starts = {"bare": 0.0, "word": np.log(P_WORD_START), "Word": np.log(P_WORD_START * P_CAPITAL)}
+    logp = _micro_log(np.array(LETTER_FREQ) / sum(LETTER_FREQ))
+    starts = {"bare": 0, "word": _micro_log(P_WORD_START), "Word": _micro_log(P_WORD_START * P_CAPITAL)}
     groups = []  # (start, letter indices [N, L]); bare strings have 2 letters or more
     for length in range(1, MAX_PIECE_LETTERS + 1):
         idx = np.indices((26,) * length).reshape(length, -1).T
@@ -139,6 +139,11 @@ def _merged_pieces(n: int) -> list[str]:
         letters = "".join(chr(97 + i) for i in idx[r])
         pieces.append({"bare": letters, "word": SPACE + letters, "Word": SPACE + letters.capitalize()}[start])
     return pieces
+
+
+def _micro_log(p: np.ndarray | float) -> np.ndarray:
+    """log(p) in whole micro-nats: integer sums are exact on every machine, so ties are real ties."""
+    return np.round(np.log(p) * 1e6).astype(np.int64)
 
 
 def _tensors(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
