@@ -12,9 +12,11 @@ routers. The blocks are random but valid: random 4- and 6-bit quants and sub-blo
 equals its scale and dmin = 7.5 d, so weights are zero-mean), super-block scales chosen so each weight matrix has a
 standard deviation of 1/sqrt(fan-in). The text is garbage; the cost is the real model's.
 
-Free disk and memory are checked before writing, and the run refuses clearly when they are short. Each capture mode
-is measured in its own child process (clean memory figures; a native crash is reported, not fatal), the modes
-alternating round by round. The file is deleted at the end unless --keep (or --model, which reuses a file).
+Free disk and memory are checked before writing, and the run refuses clearly when they are short. One read of the
+file warms the page cache; then each capture mode is measured in its own child process (clean memory figures; a native
+crash is reported, not fatal), the modes taking turns to go first round by round. RSS is split into anonymous memory
+(llama.cpp's own buffers, including any repacked copy of the weights) and file-backed pages (the mapped model). The
+file is deleted at the end unless --keep (or --model, which measures a file you already have).
 """
 
 from __future__ import annotations
@@ -184,6 +186,15 @@ def _rss() -> dict[str, float]:
     return {k: int(fields[k].split()[0]) * 1024 / GIB for k in ("VmRSS", "RssAnon", "RssFile", "VmHWM") if k in fields}
 
 
+def warm_page_cache(path: Path, chunk: int = 64 << 20) -> int:
+    """Read the file once, so that every measured load finds it in the page cache alike; returns the bytes read."""
+    total = 0
+    with path.open("rb", buffering=0) as fh:
+        while n := len(fh.read(chunk)):
+            total += n
+    return total
+
+
 # ---- one capture mode, in a child process ---------------------------------------------------------------------
 def measure(model: Path, capture: str, args: argparse.Namespace) -> dict[str, Any]:
     from moechat.engine import Engine, Sampling
@@ -204,7 +215,7 @@ def measure(model: Path, capture: str, args: argparse.Namespace) -> dict[str, An
             stamps.append(time.perf_counter())
     # the last token is decoded only when capture reads its routing: time the tokens both modes decode
     decode = (len(stamps) - 2) / (stamps[-2] - stamps[0])
-    report = engine.report
+    rss_run, report = _rss(), engine.report
     engine.close()
     return {
         "capture": report.capture,
@@ -212,7 +223,7 @@ def measure(model: Path, capture: str, args: argparse.Namespace) -> dict[str, An
         "gpu_layers": report.n_gpu_layers,
         "load_s": load_s,
         "rss_load": rss_load,
-        "rss_run": _rss(),
+        "rss_run": rss_run,
         "prompt_tokens": len(ids),
         "prompt_tps": len(ids) / prompt_s,
         "decode_tokens": len(stamps),
@@ -297,16 +308,25 @@ def main() -> None:
         took = time.perf_counter() - start
         print(f"written in {took:.1f} s ({size / took / 1e6:.0f} MB/s)", flush=True)
     try:
+        start = time.perf_counter()
+        read = warm_page_cache(model)
+        print(f"page cache warmed: read {read / GIB:.2f} GiB in {time.perf_counter() - start:.1f} s", flush=True)
         results: dict[str, list[dict[str, Any]]] = {"off": [], "auto": []}
-        for _ in range(args.rounds):
-            for mode in results:
-                print(f"measuring capture {mode}...", flush=True)
-                results[mode].append(run_child(model, mode, args))
+        for round_no in range(args.rounds):
+            for mode in list(results)[:: 1 if round_no % 2 == 0 else -1]:  # alternate which mode goes first
+                r = run_child(model, mode, args)
+                results[mode].append(r)
+                got = r.get("error") or (
+                    f"load {r['load_s']:.1f} s, prompt {r['prompt_tps']:.2f} tokens/s, "
+                    f"decode {r['decode_tps']:.3f} tokens/s"
+                )
+                print(f"capture {mode}: {got}", flush=True)
         first = next((r for rs in results.values() for r in rs if "error" not in r), {})
         print(
             f"\n{model.name}: {model.stat().st_size / GIB:.2f} GiB; prompt {first.get('prompt_tokens')} tokens, "
             f"decode {first.get('decode_tokens')} tokens; threads {first.get('threads')}, "
-            f"GPU layers {first.get('gpu_layers')}; medians of {args.rounds} round(s)\n"
+            f"GPU layers {first.get('gpu_layers')}; medians of {args.rounds} round(s); "
+            f"load average {os.getloadavg()[1]:.1f} (5 min) on {os.cpu_count()} CPUs\n"
         )
         print(table(results))
     finally:
