@@ -213,8 +213,9 @@ def measure(model: Path, capture: str, args: argparse.Namespace) -> dict[str, An
             prompt_s = time.perf_counter() - start  # the prompt is evaluated before its first token is released
         elif not tok.prompt:
             stamps.append(time.perf_counter())
-    # the last token is decoded only when capture reads its routing: time the tokens both modes decode
-    decode = (len(stamps) - 2) / (stamps[-2] - stamps[0])
+    # the last token is decoded only when capture reads its routing: time the tokens both modes decode; the median
+    # interval, so that a burst of load from elsewhere on a shared machine moves it less than the mean
+    decode = 1.0 / float(np.median(np.diff(stamps[:-1])))
     rss_run, report = _rss(), engine.report
     engine.close()
     return {
