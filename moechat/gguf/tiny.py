@@ -7,6 +7,7 @@ engine (routing capture included) without downloading anything. Same spec and se
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,27 @@ class TinySpec:
     router_dtype: Literal["f32", "f16"] = "f32"
     expert_dtype: Literal["same", "q8_0"] = "same"  # "same": the model's dtype
     quants: tuple[str, ...] = ()  # layer i's weight matrices in GGML type quants[i % len] ("Q8_0", "Q4_0")
+    vocab: Literal["tiny", "llama2"] = "tiny"  # tiny_vocab() (~400 tokens) or llama2_vocab() (32,000)
+    rope_freq_base: float | None = None  # written to the metadata when set (llama.cpp's default is 10000)
+
+
+# PygWin-2x7B's structure at width 64: llama, 2 experts (Xwin, Pygmalion) top-2, 32 layers, full multi-head
+# attention, Llama 2's vocabulary size with byte fallback, rope base 10000, context 4096, f16 like the FP16 release.
+# n_ff 256 lets K-quants quantize ffn_down for real; the width-64 tensors take llama.cpp's fallback types.
+FLAGSHIP = TinySpec(
+    n_layers=32,
+    n_embd=64,
+    n_ff=256,
+    n_heads=4,
+    n_kv_heads=4,
+    n_ctx=4096,
+    dtype="f16",
+    seed=13,
+    name="PygWin-2x7B shape (tiny)",
+    expert_names=("Xwin", "Pygmalion"),
+    vocab="llama2",
+    rope_freq_base=10000.0,
+)
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -66,6 +88,69 @@ def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
     # SentencePiece merges the adjacent pair whose merged piece has the highest score.
     scores = [0.0] * (3 + 256) + [-1000.0] * len(chars) + [-float(i) for i in range(len(MERGES))]
     return tokens, scores, [int(t) for t in types]
+
+
+LLAMA2_VOCAB_SIZE = 32_000
+# English letter frequencies (%, a..z): the merged pieces of llama2_vocab() are the likeliest letter strings.
+LETTER_FREQ: tuple[float, ...] = (8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.77, 4.0, 2.4, 6.7, 7.5, 1.9)
+LETTER_FREQ += (0.095, 6.0, 6.3, 9.1, 2.8, 0.98, 2.4, 0.15, 2.0, 0.074)
+P_WORD_START, P_CAPITAL = 0.5, 0.2
+MAX_PIECE_LETTERS = 4
+
+
+@functools.cache
+def llama2_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A Llama-2-style SentencePiece vocabulary of 32,000, laid out like Llama 2's tokenizer.model: <unk> <s> </s>,
+    the 256 byte-fallback tokens <0x00>..<0xFF>, merged pieces best first, then single characters last.
+
+    The merged pieces are synthetic: the likeliest lowercase letter strings (up to 4 letters) under English letter
+    frequencies, bare, after '▁' (word start) or after '▁' and a capital. Scores fall with rank, and every piece's
+    prefix ranks above it, so SentencePiece's merges reach every piece; digits stay single, as in Llama 2.
+    """
+    tt = gguf.TokenType
+    chars = _llama2_chars()
+    merged = _merged_pieces(LLAMA2_VOCAB_SIZE - 3 - 256 - len(chars))
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + merged + chars
+    types = [tt.UNKNOWN, tt.CONTROL, tt.CONTROL] + [tt.BYTE] * 256 + [tt.NORMAL] * (len(merged) + len(chars))
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(merged) + len(chars))]
+    return tokens, scores, [int(t) for t in types]
+
+
+def _llama2_chars() -> list[str]:
+    """'▁', printable ASCII, Latin-1, Greek, Cyrillic, typographic punctuation; the rest falls back to bytes."""
+    latin1 = [chr(c) for c in range(0xA1, 0x100) if c != 0xAD]  # not the soft hyphen
+    greek = [chr(c) for c in (*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)) if c != 0x3A2]
+    cyrillic = [chr(c) for c in range(0x410, 0x450)]
+    punctuation = list("\u2013\u2014\u2018\u2019\u201c\u201d\u2026\u20ac")
+    return [SPACE] + [chr(c) for c in range(33, 127)] + latin1 + greek + cyrillic + punctuation
+
+
+def _merged_pieces(n: int) -> list[str]:
+    """The n likeliest pieces (see llama2_vocab), best first; ties keep a fixed order (length, then alphabet)."""
+    logp = _micro_log(np.array(LETTER_FREQ) / sum(LETTER_FREQ))
+    starts = {"bare": 0, "word": _micro_log(P_WORD_START), "Word": _micro_log(P_WORD_START * P_CAPITAL)}
+    groups = []  # (start, letter indices [N, L]); bare strings have 2 letters or more
+    for length in range(1, MAX_PIECE_LETTERS + 1):
+        idx = np.indices((26,) * length).reshape(length, -1).T
+        groups += [(start, idx) for start in starts if start != "bare" or length > 1]
+    scores = np.concatenate([logp[idx].sum(axis=1) + starts[start] for start, idx in groups])
+    lengths = np.concatenate([np.full(len(idx), idx.shape[1] + (start != "bare")) for start, idx in groups])
+    which = np.concatenate([np.full(len(idx), g) for g, (_, idx) in enumerate(groups)])
+    rows = np.concatenate([np.arange(len(idx)) for _, idx in groups])
+    order = np.lexsort((np.arange(len(scores)), lengths, -scores))
+    if len(order) < n:
+        raise ValueError(f"only {len(order)} merged pieces are possible, {n} were asked for")
+    pieces = []
+    for g, r in zip(which[order[:n]], rows[order[:n]], strict=True):
+        start, idx = groups[g]
+        letters = "".join(chr(97 + i) for i in idx[r])
+        pieces.append({"bare": letters, "word": SPACE + letters, "Word": SPACE + letters.capitalize()}[start])
+    return pieces
+
+
+def _micro_log(p: np.ndarray | float) -> np.ndarray:
+    """log(p) in whole micro-nats: integer sums are exact on every machine, so ties are real ties."""
+    return np.round(np.log(p) * 1e6).astype(np.int64)
 
 
 def _tensors(spec: TinySpec, n_vocab: int) -> dict[str, np.ndarray]:
@@ -146,8 +231,21 @@ def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     if spec.n_experts and not 0 < spec.n_experts_used <= spec.n_experts:
         raise ValueError(f"n_experts_used must be in 1..{spec.n_experts}, got {spec.n_experts_used}")
     path = Path(path)
-    tokens, scores, types = tiny_vocab()
     w = gguf.GGUFWriter(str(path), "llama")
+    tokens = add_metadata(w, spec)
+    tensors = _tensors(spec, len(tokens))
+    for name, data in (split_experts(tensors) if spec.expert_layout == "split" else tensors).items():
+        _add(w, spec, name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def add_metadata(w: gguf.GGUFWriter, spec: TinySpec) -> list[str]:
+    """Every metadata key of the model `spec` describes (hyperparameters, tokenizer); returns the token list."""
+    tokens, scores, types = llama2_vocab() if spec.vocab == "llama2" else tiny_vocab()
     w.add_name(spec.name)
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if spec.dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     w.add_context_length(spec.n_ctx)
@@ -158,6 +256,8 @@ def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_head_count_kv(spec.n_kv_heads)
     w.add_rope_dimension_count(spec.n_embd // spec.n_heads)
     w.add_layer_norm_rms_eps(1e-5)
+    if spec.rope_freq_base is not None:
+        w.add_rope_freq_base(spec.rope_freq_base)
     if spec.n_experts:
         w.add_expert_count(spec.n_experts)
         w.add_expert_used_count(spec.n_experts_used)
@@ -172,11 +272,4 @@ def write_tiny_gguf(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_chat_template(CHAT_TEMPLATE)
-    tensors = _tensors(spec, len(tokens))
-    for name, data in (split_experts(tensors) if spec.expert_layout == "split" else tensors).items():
-        _add(w, spec, name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return tokens
