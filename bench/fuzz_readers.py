@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from moechat.cards import lorebook  # noqa: E402
+from moechat.cards import lore_scan, lorebook, world_info  # noqa: E402
 from moechat.cards.card import Card, card_bytes, read_card  # noqa: E402
 from moechat.chatfiles import sillytavern, tgw  # noqa: E402
 from moechat.errors import CardError, EngineError, StoreError  # noqa: E402
@@ -305,7 +305,9 @@ def card_charx_cases() -> st.SearchStrategy[bytes]:
 
 def use_lorebook(obj: Any) -> None:
     book = lorebook.read_lorebook(obj)
-    lorebook.select(book, ["the ship is old", "SHIP <b>x</b>"], lambda s: len(s) // 4 + 1, budget=200)
+    rules = world_info.book_rules(book)
+    lore_scan.scan(rules, ["the ship is old", "SHIP <b>x</b>"], lambda s: len(s) // 4 + 1, budget=200)
+    world_info.to_world_info(book).dumps()
 
 
 def lorebook_cases() -> st.SearchStrategy[Any]:

@@ -13,6 +13,7 @@ COMMANDS = {
     "build-moe": "build a frankenMoE GGUF from dense GGUFs and a mergekit-moe YAML config",
     "card": "show or convert character cards (JSON, PNG, CHARX)",
     "prompt": "print exactly what the model will see for a card and a chat",
+    "lore": "show or convert World Info and lorebooks (SillyTavern World Info, V2/V3 books)",
     "chats": "import, list and export chats",
     "quantize": "quantize a GGUF keeping routers in float32, with a routing fidelity report",
     "compare": "routing fidelity report of two models of one shape",

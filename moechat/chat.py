@@ -13,17 +13,21 @@ from typing import Literal, NamedTuple, TypedDict
 
 import numpy as np
 
-from moechat.cards import lorebook, macros
+from moechat.cards import macros
 from moechat.cards.card import Card, card_from_json
+from moechat.cards.world_info import Rule, parse_lore
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling, Token
 from moechat.errors import StoreError
 from moechat.prompt import formats
-from moechat.prompt.assemble import AuthorsNote, Budget, LoreHit, Message, Persona, Prompt, Report, build
+from moechat.prompt.assemble import AuthorsNote, Message, Persona, Prompt, Report
+from moechat.prompt.st_preset import StPreset
+from moechat.prompt.turn import Lore, Turn, TurnPrompt, build_turn, card_lore
 from moechat.routing.metrics import Routing
 from moechat.store.records import Message as StoredMessage
 from moechat.store.records import RoutingRecord, Swipe
 from moechat.store.store import Store
+from moechat.store.worlds import World
 
 SAVE_EVERY_S = 0.5  # the reply so far is written to the store at most this often (and at the end)
 Mode = Literal["reply", "continue", "impersonate"]
@@ -39,6 +43,7 @@ class TurnOptions:
     persona: str = ""  # the user's persona description; "" falls back to the chat's
     system_prompt: str | None = None  # the global system prompt; None: the format's default
     label: str = ""  # how the reply's swipe is labelled (e.g. "top-1 routing"); "" = the model's name
+    preset: StPreset | None = None  # SillyTavern instruct + context presets; None: `format`
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,29 +139,49 @@ def prompt_for(
     engine: Engine, store: Store, chat_id: int, options: TurnOptions, mode: Mode, messages: list[StoredMessage]
 ) -> Prompt:
     """The exact prompt for the next turn of `chat_id` over `messages` (what the model will see)."""
+    return turn_for(engine, store, chat_id, options, mode, messages).prompt
+
+
+def turn_for(
+    engine: Engine, store: Store, chat_id: int, options: TurnOptions, mode: Mode, messages: list[StoredMessage]
+) -> TurnPrompt:
+    """The prompt and the lore that fired, built by `prompt.turn.build_turn` (as the `prompt` CLI does)."""
     chat = store.chat(chat_id)
     card = character_card(store, chat.character_id)
-    history = [Message("user" if m.role == "user" else "model", m.text) for m in messages if m.role != "system"]
-    fmt_name = options.format or chat.format or formats.default_format(engine.info.name, engine.info.chat_template)
-    fmt = formats.get_format(fmt_name, engine.info.chat_template)
-    lore: Sequence[LoreHit] = ()
-    if card.character_book is not None:
-        texts = [m.text for m in history]
-        lore = lorebook.select(card.character_book, texts, engine.count_tokens, budget=engine.n_ctx // 4).fired
-    budget = Budget(engine.n_ctx, reserve=min(options.sampling.max_tokens, engine.n_ctx // 2))
-    persona = Persona(options.user_name, options.persona or chat.persona)
-    return build(
-        card,
-        history,
-        fmt=fmt,
-        persona=persona,
-        lore=lore,
+    shown = [m for m in messages if m.role != "system"]
+    history = [Message("user" if m.role == "user" else "model", m.text) for m in shown]
+    names = [m.name or (options.user_name if m.role == "user" else card.name) for m in shown]
+    fmt = options.preset or formats.get_format(
+        options.format or chat.format or formats.default_format(engine.info.name, engine.info.chat_template),
+        engine.info.chat_template,
+    )
+    turn = Turn(
+        fmt,
+        persona=Persona(options.user_name, options.persona or chat.persona),
         note=AuthorsNote(chat.authors_note),
         system_prompt=options.system_prompt,
-        budget=budget,
-        count_tokens=engine.count_tokens,
+        context=engine.n_ctx,
+        reserve=min(options.sampling.max_tokens, engine.n_ctx // 2),
         mode=mode,
         seed=chat_id,
+    )
+    lore = stored_lore(store, card, chat.character_id, chat_id)
+    return build_turn(card, history, turn, lore, names=names, count_tokens=engine.count_tokens)
+
+
+def stored_lore(store: Store, card: Card, character_id: int, chat_id: int) -> Lore:
+    """The chat's lore as SillyTavern gathers it: the character's book (or the stored World Info its
+    `extensions.world` names, which replaces it), books attached to the character, to the chat, and globally."""
+
+    def rules(worlds: Sequence[World]) -> list[Rule]:
+        return [rule for w in worlds for rule in parse_lore(w.json, w.name).rules]
+
+    linked = card.extensions.get("world")
+    named = [w for w in store.worlds() if isinstance(linked, str) and linked and w.name == linked]
+    own = rules(named) if named else card_lore(card)
+    extra = [w for w in store.attached_worlds("character", character_id) if w not in named]
+    return Lore(
+        [*own, *rules(extra)], rules(store.attached_worlds("chat", chat_id)), rules(store.attached_worlds("global"))
     )
 
 

@@ -295,3 +295,16 @@ def test_bundled_characters() -> None:
     assert any(c.character_book and c.character_book.entries for c in cards)
     assert any(c.alternate_greetings for c in cards)
     assert any("assistant" in c.tags for c in cards) and any("roleplay" in c.tags for c in cards)
+
+
+@pytest.mark.parametrize("keyword", ["chara", "ccv3"])
+def test_png_with_two_card_chunks_reads_the_first_like_sillytavern(keyword: str) -> None:
+    from moechat.cards.png import read_png
+
+    info = PngImagePlugin.PngInfo()
+    for name in ("First", "Second"):
+        payload = {"spec": "chara_card_v3", "spec_version": "3.0", "data": {"name": name}}
+        info.add_text(keyword, base64.b64encode(json.dumps(payload).encode()).decode())
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(out, "PNG", pnginfo=info)
+    assert read_png(out.getvalue())[0]["data"]["name"] == "First"

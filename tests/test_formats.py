@@ -23,15 +23,15 @@ HISTORY = [
     Message("user", "Thanks."),
 ]
 ANN = Persona("Ann", "A traveller.")
-RP = "Write Seraphina's next reply in a fictional chat between Seraphina and Ann."
+RP = "Continue this roleplay as Seraphina, replying to Ann in character."
 DEFS = "A forest guardian.\nSeraphina's personality: kind\nScenario: A glade at dawn, Ann nearby.\nA traveller."
 EXAMPLE = "<START>\nAnn: Hi\nSeraphina: Hello, Ann."
 SYS = f"{RP}\n{DEFS}\n{EXAMPLE}"
 METHARME = (
     "<|system|>Enter RP mode. Pretend to be Seraphina whose persona follows:\n"
-    f"{DEFS}\n"
+    f"{DEFS}\n\n"  # the blank line of the Pygmalion-2 model card; no separator after the examples
     "You shall reply to the user while staying in character, and generate long responses."
-    "<|user|>Ann: Hi<|model|>Seraphina: Hello, Ann.<|system|>[Start a new chat]"
+    "<|user|>Ann: Hi<|model|>Seraphina: Hello, Ann."
     "<|model|>Seraphina: Welcome.<|user|>Ann: Where am I?<|model|>Seraphina: My glade.<|user|>Ann: Thanks."
     "<|model|>Seraphina:"
 )
@@ -91,7 +91,7 @@ HI = [Message("user", "Hi")]
         (
             "metharme",
             None,
-            "<|system|>Enter RP mode. Pretend to be Bob whose persona follows:\nYou shall reply to the user while "
+            "<|system|>Enter RP mode. Pretend to be Bob whose persona follows:\n\nYou shall reply to the user while "
             "staying in character, and generate long responses.<|user|>You: Hi<|model|>Bob:",
         ),
         (
@@ -101,7 +101,7 @@ HI = [Message("user", "Hi")]
             "<|user|>You: Hi<|model|>Bob:",
         ),
         ("pygmalion", None, "<START>\nYou: Hi\nBob:"),
-        ("vicuna", None, "Write Bob's next reply in a fictional chat between Bob and You. USER: Hi ASSISTANT:"),
+        ("vicuna", None, "Continue this roleplay as Bob, replying to You in character. USER: Hi ASSISTANT:"),
         ("vicuna", "", "USER: Hi ASSISTANT:"),
         ("alpaca", "", "### Instruction:\nYou: Hi\n\n### Response:\nBob:"),
         ("chatml", "", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
@@ -215,6 +215,6 @@ def test_nickname_names_the_character() -> None:
     card = Card(name="Seraphina Greenleaf", nickname="Sera", description="{{char}} guards the glade.")
     text = build(card, HI, fmt=get_format("metharme"), system_prompt="").text
     assert text == (
-        "<|system|>Sera guards the glade.\nYou shall reply to the user while staying in character, and generate "
+        "<|system|>Sera guards the glade.\n\nYou shall reply to the user while staying in character, and generate "
         "long responses.<|user|>You: Hi<|model|>Sera:"
     )

@@ -1,11 +1,15 @@
-"""Lorebook selection (docs/formats.md §2.6): one table of hand-derived cases per rule."""
+"""Lore activation (docs/formats.md §2.6): SillyTavern's rules, one table of hand-derived cases per rule."""
 
 import time
 from typing import Any
 
 import pytest
 
-from moechat.cards.lorebook import Lorebook, parse_decorators, read_lorebook, select
+from moechat.cards.lore_scan import LoreSettings, Selection, scan
+from moechat.cards.lorebook import Lorebook, read_lorebook
+from moechat.cards.lorebook_decorators import parse_decorators
+from moechat.cards.macros import substitute
+from moechat.cards.world_info import book_rules
 from moechat.errors import CardError
 
 
@@ -21,8 +25,14 @@ def book(*entries: dict[str, Any], **fields: Any) -> Lorebook:
     return Lorebook.model_validate({"entries": list(entries), "extensions": {}, **fields})
 
 
+def select(bk: Lorebook, messages: list[str], count: Any = words, budget: int | None = None, **kw: Any) -> Selection:
+    rules = sorted(book_rules(bk), key=lambda r: -r.order)
+    macros = lambda t: substitute(t, char="Lumi", user="Ann")  # noqa: E731
+    return scan(rules, messages, count, LoreSettings(**kw), budget=budget, substitute=macros)
+
+
 def fired(bk: Lorebook, messages: list[str], **kw: Any) -> list[str]:
-    return [hit.content for hit in select(bk, messages, words, **kw).fired]
+    return [hit.content for hit in select(bk, messages, **kw).fired]
 
 
 # (name, book, messages, select kwargs, expected fired contents in order)
@@ -98,7 +108,7 @@ CASES = [
         book(entry(["x"], "first"), entry(["x"], "second")),
         ["x"],
         {},
-        ["first", "second"],
+        ["second", "first"],  # ST sorts by order, highest first, then prepends: equal orders come out reversed
     ),
     (
         "default scan depth is 2 messages",
@@ -107,31 +117,78 @@ CASES = [
         {},
         [],
     ),
-    ("scan depth from the book", book(entry(["dragon"], "D"), scan_depth=3), ["dragon", "b", "c"], {}, ["D"]),
-    ("scan depth argument", book(entry(["dragon"], "D")), ["dragon", "b", "c"], {"scan_depth": 3}, ["D"]),
+    ("book scan depth is ignored (ST)", book(entry(["dragon"], "D"), scan_depth=3), ["dragon", "b", "c"], {}, []),
+    ("scan depth setting", book(entry(["dragon"], "D")), ["dragon", "b", "c"], {"depth": 3}, ["D"]),
     (
-        "book scan depth beats argument",
-        book(entry(["dragon"], "D"), scan_depth=1),
-        ["dragon", "b"],
-        {"scan_depth": 5},
-        [],
+        "entry scan depth beats the setting",
+        book(entry(["dragon"], "D", extensions={"scan_depth": 3})),
+        ["dragon", "b", "c"],
+        {"depth": 1},
+        ["D"],
     ),
-    ("scan depth 0 scans nothing", book(entry(["dragon"], "D"), scan_depth=0), ["dragon"], {}, []),
+    ("scan depth 0 scans nothing", book(entry(["dragon"], "D")), ["dragon"], {"depth": 0}, []),
+    ("names are scanned", book(entry(["Ann"], "A")), ["Ann: hello"], {}, ["A"]),
     ("empty content inserts nothing", book(entry(["x"], "")), ["x"], {}, []),
     ("blank key never matches", book(entry(["", "  "], "B")), ["anything"], {}, []),
     (
-        "no recursion by default",
+        "no recursion when switched off",
         book(entry(["dragon"], "the wyrm"), entry(["wyrm"], "W")),
+        ["dragon"],
+        {"recursive": False},
+        ["the wyrm"],
+    ),
+    (
+        "recursion by default, chains of three",
+        book(
+            entry(["dragon"], "the wyrm", order=1), entry(["wyrm"], "W drake", order=2), entry(["drake"], "K", order=3)
+        ),
+        ["dragon"],
+        {},
+        ["the wyrm", "W drake", "K"],
+    ),
+    (
+        "recursion step limit",
+        book(
+            entry(["dragon"], "the wyrm", order=1), entry(["wyrm"], "W drake", order=2), entry(["drake"], "K", order=3)
+        ),
+        ["dragon"],
+        {"max_recursion_steps": 2},
+        ["the wyrm", "W drake"],
+    ),
+    (
+        "prevent_recursion",
+        book(entry(["dragon"], "the wyrm", extensions={"prevent_recursion": True}), entry(["wyrm"], "W")),
         ["dragon"],
         {},
         ["the wyrm"],
     ),
     (
-        "recursive_scanning",
-        book(entry(["dragon"], "the wyrm", order=1), entry(["wyrm"], "W", order=2), recursive_scanning=True),
+        "delay_until_recursion",
+        book(
+            entry(["dragon"], "the wyrm", 2), entry(["dragon"], "late", 3, extensions={"delay_until_recursion": True})
+        ),
         ["dragon"],
         {},
-        ["the wyrm", "W"],
+        ["the wyrm", "late"],
+    ),
+    ("delay: not before N messages", book(entry(["x"], "D", extensions={"delay": 3})), ["x", "x"], {}, []),
+    ("delay reached", book(entry(["x"], "D", extensions={"delay": 2})), ["x", "x"], {}, ["D"]),
+    (
+        "inclusion group: override wins",
+        book(
+            entry(["x"], "A", order=5, extensions={"group": "g"}),
+            entry(["x"], "B", order=1, extensions={"group": "g", "group_override": True}),
+        ),
+        ["x"],
+        {},
+        ["B"],
+    ),
+    (
+        "probability 0 never fires",
+        book(entry(["x"], "P", extensions={"probability": 0, "useProbability": True})),
+        ["x"],
+        {},
+        [],
     ),
     (
         "recursion via hidden_key, not via comment",
@@ -139,25 +196,31 @@ CASES = [
             entry(["dragon"], "x {{hidden_key:wyrm}} {{// drake}}", order=1),
             entry(["wyrm"], "W", order=2),
             entry(["drake"], "K", order=3),
-            recursive_scanning=True,
         ),
         ["dragon"],
         {},
-        ["x {{hidden_key:wyrm}} {{// drake}}", "W"],
+        ["x  ", "W"],  # the prompt gets neither macro; recursion reads the hidden key
     ),
     (
         "exclude_recursion",
         book(
             entry(["dragon"], "the wyrm"),
             entry(["wyrm"], "W", extensions={"exclude_recursion": True}),
-            recursive_scanning=True,
         ),
         ["dragon"],
         {},
         ["the wyrm"],
     ),
-    ("slash key is a regex", book(entry(["/drag(on|ons)\\b/"], "D")), ["two DRAGONS"], {}, ["D"]),
-    ("plain key is a substring", book(entry(["drag(on)"], "D")), ["dragon"], {}, []),
+    ("slash key is a regex", book(entry(["/drag(on|ons)\\b/i"], "D")), ["two DRAGONS"], {}, ["D"]),
+    ("slash key: case from its flags", book(entry(["/drag(on|ons)\\b/"], "D")), ["two DRAGONS"], {}, []),
+    ("plain key is not a regex", book(entry(["drag(on)"], "D")), ["dragon"], {}, []),
+    ("whole words by default", book(entry(["magic"], "M")), ["magical things"], {}, []),
+    ("whole word at punctuation", book(entry(["magic"], "M")), ["(magic)!"], {}, ["M"]),
+    ("multi-word key is a substring", book(entry(["Moon Court"], "M")), ["the moon courtyard"], {}, ["M"]),
+    ("substring per entry", book(entry(["cat"], "C", extensions={"match_whole_words": False})), ["concat"], {}, ["C"]),
+    ("substring setting", book(entry(["cat"], "C")), ["concat"], {"match_whole_words": False}, ["C"]),
+    ("case-sensitive setting", book(entry(["Cat"], "C")), ["cat"], {"case_sensitive": True}, []),
+    ("{{char}} in a key", book(entry(["{{char}}"], "L")), ["lumi waves"], {}, ["L"]),
     ("use_regex key", book(entry(["^hel+o$"], "R", use_regex=True)), ["hellllo"], {}, ["R"]),
     ("use_regex invalid regex = no match", book(entry(["(unclosed"], "R", use_regex=True)), ["(unclosed"], {}, []),
     ("use_regex only keys[0]", book(entry(["zzz", "hello"], "R", use_regex=True)), ["hello"], {}, []),
@@ -184,6 +247,7 @@ CASES = [
         [],
     ),
     ("whole words", book(entry(["cat"], "C", extensions={"match_whole_words": True})), ["concatenate"], {}, []),
+    ("CRLF text matches", book(entry(["glade"], "G")), ["the\r\nglade\r\n"], {}, ["G"]),
     ("whole words hit", book(entry(["cat"], "C", extensions={"match_whole_words": True})), ["a cat."], {}, ["C"]),
     ("@@activate fires without keys", book(entry(["zzz"], "@@activate\nA")), ["x"], {}, ["A"]),
     ("@@dont_activate never fires", book(entry(["x"], "@@dont_activate\nN", constant=True)), ["x"], {}, []),
@@ -196,54 +260,43 @@ def test_selection_rules(name: str, bk: Lorebook, messages: list[str], kw: dict,
     assert fired(bk, messages, **kw) == expected
 
 
-def test_key_that_fired_is_reported() -> None:
-    bk = book(entry(["wyrm", "dragon"], "D"), entry([], "C", constant=True))
-    hits = {hit.content: hit.key for hit in select(bk, ["a dragon and a wyrm"], words).fired}
-    assert hits == {"D": "wyrm", "C": None}
+def test_key_and_step_are_reported() -> None:
+    bk = book(entry(["wyrm", "dragon"], "D drake"), entry([], "C", constant=True), entry(["drake"], "K"))
+    hits = {hit.content: (hit.key, hit.step, hit.why) for hit in select(bk, ["a dragon and a wyrm"]).fired}
+    assert hits == {
+        "D drake": ("wyrm", 1, "key 'wyrm'"),
+        "C": (None, 1, "constant"),
+        "K": ("drake", 2, "key 'drake', recursion step 1"),
+    }
 
 
-def test_budget_drops_lowest_order_first_then_emits_ascending() -> None:
-    # orders 10, 20, 30; 2 words each; budget 4: accept 30, then 20; 10 is dropped.
+def test_budget_keeps_the_highest_orders_and_stops_at_the_first_overflow() -> None:
+    # ST counts the accepted text plus a newline per entry and stops when it reaches the budget.
     bk = book(entry(["x"], "a a", order=10), entry(["x"], "b b", order=20), entry(["x"], "c c", order=30))
-    sel = select(bk, ["x"], words, budget=4)
+    sel = select(bk, ["x"], budget=5)
     assert [h.content for h in sel.fired] == ["b b", "c c"]
     assert [h.content for h in sel.dropped] == ["a a"]
-    assert sel.budget == 4
-
-
-def test_budget_stops_at_first_overflow_like_st() -> None:
-    # rank: big(30, 5 words) fits 5; mid(20, 6 words) overflows -> it and small(10, 1 word) dropped.
-    bk = book(entry(["x"], "1 2 3 4 5", order=30), entry(["x"], "1 2 3 4 5 6", order=20), entry(["x"], "s", order=10))
-    sel = select(bk, ["x"], words, budget=7)
-    assert [h.content for h in sel.fired] == ["1 2 3 4 5"]
-    assert [h.content for h in sel.dropped] == ["1 2 3 4 5 6", "s"]
-
-
-def test_priority_beats_order_for_budget() -> None:
-    bk = book(entry(["x"], "low", order=90, priority=1), entry(["x"], "high", order=5, priority=50))
-    sel = select(bk, ["x"], words, budget=1)
-    assert [h.content for h in sel.fired] == ["high"]
-    assert [h.content for h in sel.dropped] == ["low"]
-
-
-def test_book_token_budget_and_argument_take_the_smaller() -> None:
-    bk = book(entry(["x"], "a", order=2), entry(["x"], "b", order=1), token_budget=1)
-    assert select(bk, ["x"], words, budget=10).budget == 1
-    assert [h.content for h in select(bk, ["x"], words, budget=10).fired] == ["a"]
+    assert sel.budget == 5
 
 
 def test_constant_is_subject_to_budget() -> None:
     bk = book(entry([], "c c c", constant=True, order=1), entry(["x"], "k", order=2))
-    sel = select(bk, ["x"], words, budget=2)
+    sel = select(bk, ["x"], budget=3)
     assert [h.content for h in sel.fired] == ["k"]
     assert [h.content for h in sel.dropped] == ["c c c"]
+
+
+def test_budget_share_of_the_context() -> None:
+    assert LoreSettings().budget(8192 - 350) == 1960
+    assert LoreSettings(budget_cap=100).budget(8192) == 100
+    assert LoreSettings(budget_percent=0).budget(100) == 1
 
 
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({}, ("before_char", None, None)),
-        ({"position": "after_char"}, ("after_char", None, None)),
+        ({}, ("after_char", None, None)),
+        ({"position": "before_char"}, ("before_char", None, None)),
         ({"position": "before_char", "extensions": {"position": 1}}, ("after_char", None, None)),
         ({"extensions": {"position": 4, "depth": 2, "role": 1}}, ("at_depth", 2, "user")),
         ({"extensions": {"position": 4}}, ("at_depth", 4, "system")),
@@ -256,7 +309,7 @@ def test_constant_is_subject_to_budget() -> None:
 )
 def test_positions(fields: dict, expected: tuple) -> None:
     data = entry(["x"], fields.pop("content", "X"), **fields)
-    (hit,) = select(book(data), ["x"], words).fired
+    (hit,) = select(book(data), ["x"]).fired
     assert (hit.position, hit.depth, hit.role) == expected
     assert hit.content == "X"
 
@@ -269,14 +322,14 @@ def test_decorators_parse_and_fallbacks() -> None:
 
 def test_decorators_preserved_in_the_book() -> None:
     bk = book(entry(["x"], "@@depth 2\n@@is_greeting 1\nbody"))
-    select(bk, ["x"], words)
+    select(bk, ["x"])
     assert bk.to_json()["entries"][0]["content"] == "@@depth 2\n@@is_greeting 1\nbody"
 
 
 def test_catastrophic_regex_is_time_bounded() -> None:
     bk = book(entry(["(a+)+$"], "R", use_regex=True), entry(["a"], "plain"))
     start = time.monotonic()
-    got = fired(bk, ["a" * 60 + "b"], regex_timeout=0.2)
+    got = fired(bk, ["a" * 60 + "b", "a"], regex_timeout=0.2)
     assert got == ["plain"]
     assert time.monotonic() - start < 5
 

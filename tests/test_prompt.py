@@ -120,10 +120,12 @@ def test_lore_goes_where_its_position_says() -> None:
 
 
 def test_real_lorebook_selection_plugs_in() -> None:
-    from moechat.cards.lorebook import read_lorebook, select
+    from moechat.cards.lore_scan import scan
+    from moechat.cards.lorebook import read_lorebook
+    from moechat.cards.world_info import book_rules
 
-    book = read_lorebook({"entries": [{"keys": ["glade"], "content": "The glade is sacred to {{char}}.", "id": 1}]})
-    hits = select(book, [m.text for m in HISTORY], words).fired
+    entry = {"keys": ["glade"], "content": "The glade is sacred to {{char}}.", "id": 1, "position": "before_char"}
+    hits = scan(book_rules(read_lorebook({"entries": [entry]})), [m.text for m in HISTORY], words).fired
     prompt = build(CARD, HISTORY, fmt=METHARME, lore=hits, count_tokens=words)
     assert "\nThe glade is sacred to Seraphina.\n" in prompt.text
 

@@ -227,3 +227,36 @@ def test_switch_to_a_second_model_and_chat(page: Page, server: AppServer) -> Non
     wait_idle(page)
     expect(bots(page)).to_have_count(n + 1)
     expect(page.locator("#tokens .moe-legend")).to_contain_text("Delta")
+
+
+def test_world_info_and_sillytavern_presets_are_imported(page: Page, tmp_path: Path) -> None:
+    pick(page, "Captain Juno")
+    world = tmp_path / "Harbor.json"
+    entry = {"uid": 0, "key": ["harbor"], "content": "The harbor is old.", "order": 100, "position": 0}
+    world.write_text(json.dumps({"entries": {"0": entry}}))
+    page.get_by_role("tab", name="Characters").click()
+    page.locator("#world_upload input[type=file]").set_input_files(str(world))
+    expect(page.get_by_text("Imported World Info 'Harbor' (1 entries).")).to_be_visible(timeout=30_000)
+    page.locator("#world_chat").click()
+    expect(page.locator("#world_status")).to_contain_text("this chat: Harbor")
+    preset = tmp_path / "Brief.json"
+    preset.write_text(
+        json.dumps(
+            {
+                "name": "Brief",
+                "input_sequence": "## Ask:",
+                "wrap": True,
+                "output_sequence": "## Answer:",
+                "output_suffix": "\n\n",
+                "input_suffix": "\n\n",
+            }
+        )
+    )
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#st_instruct input[type=file]").set_input_files(str(preset))
+    expect(page.locator("#st_status")).to_contain_text("SillyTavern preset in use: Brief + Default", timeout=30_000)
+    send(page, "Tell me about the harbor.")
+    wait_idle(page)
+    page.get_by_text("Context meter").click()
+    expect(page.locator("#context")).to_contain_text("Harbor #0: key 'harbor'")
+    expect(page.locator("#context")).to_contain_text("prompt")  # the preset's report: one section

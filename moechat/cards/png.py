@@ -1,4 +1,4 @@
-"""PNG card container (docs/formats.md §2.5) with Pillow: read `ccv3` then `chara` text chunks, write both.
+"""PNG card container (docs/formats.md §2.5) with Pillow: read the first `ccv3` then `chara` text chunk, write both.
 
 Values are base64 of UTF-8 JSON in `tEXt` chunks. Reading checks the image size before decoding pixels
 and turns Pillow's decompression-bomb warning/error (and every other Pillow failure) into CardError.
@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import warnings
+import zlib
 from typing import Any
 
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -23,6 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PIXELS = 64 * 1024 * 1024
 CARD_KEYS = ("ccv3", "chara")
 AVATAR_SIZE = 512
+MAX_TEXT_BYTES = 20 * 1024 * 1024
 
 
 def open_image(raw: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -46,10 +48,53 @@ def open_image(raw: bytes, what: str, max_pixels: int = MAX_PIXELS) -> Image.Ima
 
 
 def card_chunks(raw: bytes, max_pixels: int = MAX_PIXELS) -> dict[str, str]:
-    """Text chunks of a PNG with lower-cased keywords (Pillow also reads zTXt/iTXt)."""
-    image = open_image(raw, "PNG", max_pixels)
-    text = getattr(image, "text", None) or {}
-    return {key.lower(): value for key, value in text.items() if isinstance(value, str)}
+    """Text chunks of a PNG with lower-cased keywords; of two with one keyword the first wins, as in SillyTavern
+    (Pillow's dictionary would keep the last). zTXt/iTXt are read too."""
+    open_image(raw, "PNG", max_pixels)
+    return first_text_chunks(raw)
+
+
+def first_text_chunks(raw: bytes) -> dict[str, str]:
+    """The first tEXt/zTXt/iTXt value of each keyword (lower-cased), walking the chunks in file order."""
+    out: dict[str, str] = {}
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(raw):
+        length = int.from_bytes(raw[pos : pos + 4], "big")
+        kind, data = raw[pos + 4 : pos + 8], raw[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind not in (b"tEXt", b"zTXt", b"iTXt") or b"\0" not in data:
+            continue
+        keyword, _, rest = data.partition(b"\0")
+        key = keyword.decode("latin-1").lower()
+        if key in out:
+            continue
+        value = _text_value(kind, rest)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _text_value(kind: bytes, rest: bytes) -> str | None:
+    try:
+        if kind == b"tEXt":
+            return rest.decode("latin-1")
+        if kind == b"zTXt":
+            return _inflate(rest[1:]).decode("latin-1")
+        compressed, rest = rest[0], rest[2:]
+        _lang, _, rest = rest.partition(b"\0")
+        _translated, _, text = rest.partition(b"\0")
+        return (_inflate(text) if compressed else text).decode("utf-8")
+    except (zlib.error, UnicodeDecodeError, IndexError, ValueError):
+        return None
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data, refusing more than a card may hold (a compressed text chunk can be a bomb)."""
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, MAX_TEXT_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError("text chunk too large")
+    return out
 
 
 def read_png(raw: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Any, bytes]:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moechat.cards import macros
 from moechat.cards.card import Card, read_card
+from moechat.cards.world_info import read_lore_file
 from moechat.commands.model_arg import add_data_dir_argument, add_model_argument, resolve_spec
 from moechat.errors import PromptError
-from moechat.prompt.assemble import Budget, Message, Persona, Prompt, build, estimate_tokens
-from moechat.prompt.formats import Format, Mode, default_format, format_names, get_format
+from moechat.prompt.assemble import Message, Persona
+from moechat.prompt.formats import Format, default_format, format_names, get_format
+from moechat.prompt.st_preset import StPreset, load_preset
+from moechat.prompt.turn import Lore, Turn, TurnPrompt, build_turn, card_lore
 
 DEFAULT_CONTEXT = 4096
 
@@ -26,12 +29,27 @@ class StChat:
 
     user_name: str | None
     messages: list[Message]
+    names: list[str]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m moechat prompt", description=__doc__)
     p.add_argument("card", type=Path, help="character card (.png, .json, .charx, .yaml)")
-    p.add_argument("--format", help=f"prompt format: {', '.join(format_names())} (default: from the model)")
+    p.add_argument(
+        "--format",
+        help=f"prompt format: {', '.join(format_names())}, or a SillyTavern instruct preset .json "
+        "(default: from the model)",
+    )
+    p.add_argument(
+        "--context-template", type=Path, help="a SillyTavern context template .json (with a preset --format)"
+    )
+    p.add_argument(
+        "--lore",
+        type=Path,
+        action="append",
+        default=[],
+        help="World Info / lorebook .json attached to the chat (repeatable)",
+    )
     p.add_argument("--history", type=Path, help="SillyTavern chat (.jsonl) to continue")
     p.add_argument("--message", help="a new user message to send")
     p.add_argument("--user", help="the user's name (default: the chat's user_name, else 'You')")
@@ -53,32 +71,49 @@ def main(argv: list[str]) -> int:
     chat = read_st_chat(args.history) if args.history else None
     persona = Persona(args.user or (chat.user_name if chat else None) or "You", args.persona)
     history = chat.messages if chat else greeting(card, persona.name)
-    history = [*history, Message("user", args.message)] if args.message else history
+    names = chat.names if chat else [card.name] * len(history)
+    if args.message:
+        history, names = [*history, Message("user", args.message)], [*names, persona.name]
+    lore = Lore(card_lore(card), [rule for path in args.lore for rule in read_lore_file(path).rules])
     if args.model:
-        return _with_model(args, card, history, persona)
-    budget = _budget(args, args.context or DEFAULT_CONTEXT)
-    fmt = get_format(args.format or default_format())
-    prompt = _build(card, history, persona, fmt, budget, None, args.mode)
-    return _print(prompt, "estimated, no --model: about 3.5 characters per token")
+        return _with_model(args, card, history, names, persona, lore)
+    context = args.context or DEFAULT_CONTEXT
+    fmt = _format(args, None)
+    turn = _turn(args, fmt, persona, context)
+    out = build_turn(card, history, turn, lore, names=names)
+    return _print(out, "estimated, no --model: about 3.35 characters per token")
 
 
-def _budget(args: argparse.Namespace, context: int) -> Budget:
+def _turn(args: argparse.Namespace, fmt: Format | StPreset, persona: Persona, context: int) -> Turn:
     reserve = args.reserve if args.reserve is not None else min(512, context // 4)
-    return Budget(context=context, reserve=reserve, margin=min(64, context // 16))
+    return Turn(fmt, persona=persona, context=context, reserve=reserve, margin=min(64, context // 16), mode=args.mode)
 
 
-def _with_model(args: argparse.Namespace, card: Card, history: list[Message], persona: Persona) -> int:
+def _format(args: argparse.Namespace, info: Any, bos: str = "<s>", eos: str = "</s>") -> Format | StPreset:
+    """A built-in format by name, or SillyTavern presets from files."""
+    if args.format and args.format.lower().endswith(".json"):
+        context = args.context_template.read_text(encoding="utf-8") if args.context_template else None
+        return load_preset(Path(args.format).read_text(encoding="utf-8"), context)
+    if args.context_template:
+        raise PromptError("--context-template goes with a SillyTavern instruct preset: --format INSTRUCT.json")
+    if info is None:
+        return get_format(args.format or default_format())
+    name = args.format or default_format(f"{info.name} {info.path.name}", info.chat_template)
+    return get_format(name, info.chat_template, bos=bos, eos=eos)
+
+
+def _with_model(
+    args: argparse.Namespace, card: Card, history: list[Message], names: list[str], persona: Persona, lore: Lore
+) -> int:
     """Count with the model's tokenizer; the format defaults from its name and chat template."""
     from moechat.engine.engine import Engine  # llama.cpp loads only when asked for
 
     with Engine.load(resolve_spec(args.model, args.data_dir), n_ctx=args.context or 0, capture="off") as engine:
         info = engine.info
-        budget = _budget(args, args.context or engine.n_ctx)
-        name = args.format or default_format(f"{info.name} {info.path.name}", info.chat_template)
         bos, eos = _token_text(info.path, info.bos_id, "<s>"), _token_text(info.path, info.eos_id, "</s>")
-        fmt = get_format(name, info.chat_template, bos=bos, eos=eos)
-        prompt = _build(card, history, persona, fmt, budget, engine.count_tokens, args.mode)
-        return _print(prompt, f"counted with the tokenizer of {info.path.name}")
+        turn = _turn(args, _format(args, info, bos, eos), persona, args.context or engine.n_ctx)
+        out = build_turn(card, history, turn, lore, names=names, count_tokens=engine.count_tokens)
+        return _print(out, f"counted with the tokenizer of {info.path.name}")
 
 
 def _token_text(path: Path, token_id: int | None, default: str) -> str:
@@ -87,23 +122,6 @@ def _token_text(path: Path, token_id: int | None, default: str) -> str:
 
     tokens = field(open_reader(path), "tokenizer.ggml.tokens", [])
     return str(tokens[token_id]) if token_id is not None and 0 <= token_id < len(tokens) else default
-
-
-def _build(
-    card: Card,
-    history: list[Message],
-    persona: Persona,
-    fmt: Format,
-    budget: Budget,
-    count: Callable[[str], int] | None,
-    mode: Mode,
-) -> Prompt:
-    lore: list = []
-    if card.character_book is not None:
-        from moechat.cards.lorebook import select
-
-        lore = select(card.character_book, [m.text for m in history], count or estimate_tokens).fired
-    return build(card, history, fmt=fmt, persona=persona, lore=lore, budget=budget, count_tokens=count, mode=mode)
 
 
 def greeting(card: Card, user: str) -> list[Message]:
@@ -122,25 +140,26 @@ def read_st_chat(path: Path) -> StChat:
         raise PromptError(f"{path}: expected one JSON object per line (a header, then messages)")
     header = lines[0] if "mes" not in lines[0] else {}
     body = lines[1:] if header else lines
-    messages = [
-        Message("user" if m.get("is_user") else "model", str(m.get("mes", ""))) for m in body if not m.get("is_system")
-    ]
-    return StChat(header.get("user_name"), messages)
+    shown = [m for m in body if not m.get("is_system")]
+    messages = [Message("user" if m.get("is_user") else "model", str(m.get("mes", ""))) for m in shown]
+    return StChat(header.get("user_name"), messages, [str(m.get("name", "")) for m in shown])
 
 
-def _print(prompt: Prompt, how: str) -> int:
+def _print(out: TurnPrompt, how: str) -> int:
+    prompt = out.prompt
     sys.stdout.write(prompt.text)
     sys.stdout.flush()
     report = prompt.report
-    out = [f"\n--- format {prompt.format}, {report.total} of {report.budget} tokens ({how})"]
-    out += [f"  {name:<13}{tokens:>7}" for name, tokens in report.sections.items() if tokens]
+    lines = [f"\n--- format {prompt.format}, {report.total} of {report.budget} tokens ({how})"]
+    lines += [f"  {name:<13}{tokens:>7}" for name, tokens in report.sections.items() if tokens]
     dropped = (
         ("examples", report.dropped_examples),
         ("messages", report.dropped_messages),
         ("lore entries", report.dropped_lore),
     )
-    out += [f"  dropped {what}: {', '.join(map(str, which))}" for what, which in dropped if which]
-    out += ["  dropped the author's note"] if report.dropped_note else []
-    out += [f"  stop strings: {', '.join(json.dumps(s) for s in prompt.stops)}"]
-    print("\n".join(out), file=sys.stderr)
+    lines += [f"  dropped {what}: {', '.join(map(str, which))}" for what, which in dropped if which]
+    lines += ["  dropped the author's note"] if report.dropped_note else []
+    lines += [f"  lore: {hit.world or 'book'} #{hit.uid} ({hit.why})" for hit in out.lore.fired]
+    lines += [f"  stop strings: {', '.join(json.dumps(s) for s in prompt.stops)}"]
+    print("\n".join(lines), file=sys.stderr)
     return 0

@@ -91,7 +91,7 @@ class CardLike(Protocol):
 
 
 class LoreHit(Protocol):
-    """A lore entry chosen for this turn (`moechat.lorebook.Fired` has it). Positions: before_char,
+    """A lore entry chosen for this turn (`moechat.cards.lore_scan.Fired` has it). Positions: before_char,
     after_char, personality, scenario, examples_top, examples_bottom, an_top, an_bottom, at_depth."""
 
     @property
@@ -242,7 +242,7 @@ def _lines(req: _Request, sub: _Macros, system: str) -> list[Line]:
         *lore_at("examples_top"),
         Line("examples", ""),
         *lore_at("examples_bottom"),
-        Line("system", sub(req.fmt.closing)),
+        Line("system", "\n" * req.fmt.closing.startswith("\n") + sub(req.fmt.closing)),  # Metharme: a blank line
     ]
 
 

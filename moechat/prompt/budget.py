@@ -30,6 +30,7 @@ class Report:
     dropped_note: bool
     first_message: int | None
     estimated: bool
+    lore: tuple[str, ...] = ()  # what fired and why ("world #uid: key 'x', recursion step 1"), set by prompt.turn
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def assemble(parts: Parts, keep: Keep) -> list[Turn]:
     if not parts.fmt.examples_as_turns:
         lines += [block[0].text for block in kept]
     lines += [line.text for line in parts.after if line.lore is None or line.lore in keep.lore]
-    system = "\n".join(text for text in lines if text)
+    system = "\n".join(text for text in lines if text).lstrip("\n")
     turns = [Turn("system", system)] if system else []
     if parts.fmt.examples_as_turns:
         turns += [turn for block in kept for turn in block]

@@ -19,7 +19,7 @@ from moechat.errors import PromptError
 
 Role = Literal["system", "user", "model"]
 Mode = Literal["reply", "continue", "impersonate"]
-ROLEPLAY_SYSTEM = "Write {{char}}'s next reply in a fictional chat between {{char}} and {{user}}."
+ROLEPLAY_SYSTEM = "Continue this roleplay as {{char}}, replying to {{user}} in character."
 MARK = "\x00moechat-cut\x00"  # cut point when rendering partial turns through a Jinja template
 
 
@@ -70,9 +70,8 @@ FORMATS: dict[str, Format] = {
             ("<|user|>", "<|system|>", "<|model|>", "</s>", "\n{{user}}:"),
             names=True,
             examples_as_turns=True,
-            separator="<|system|>[Start a new chat]",
             default_system="Enter RP mode. Pretend to be {{char}} whose persona follows:",
-            closing="You shall reply to the user while staying in character, and generate long responses.",
+            closing="\nYou shall reply to the user while staying in character, and generate long responses.",
         ),
         Format(
             "pygmalion",

@@ -49,6 +49,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             probs BLOB NOT NULL, experts BLOB NOT NULL, token_ids BLOB NOT NULL, offsets BLOB NOT NULL)""",
         "CREATE INDEX routing_swipe ON routing(swipe_id, kind, start)",
     ),
+    (  # 2: World Info books and where they are attached (global, a character, a chat)
+        """CREATE TABLE worlds (
+            id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, json TEXT NOT NULL,
+            created REAL NOT NULL, updated REAL NOT NULL, UNIQUE (owner, name))""",
+        """CREATE TABLE world_links (
+            world_id INTEGER NOT NULL REFERENCES worlds(id) ON DELETE CASCADE,
+            scope TEXT NOT NULL CHECK (scope IN ('global', 'character', 'chat')),
+            character_id INTEGER REFERENCES characters(id) ON DELETE CASCADE,
+            chat_id INTEGER REFERENCES chats(id) ON DELETE CASCADE,
+            UNIQUE (world_id, scope, character_id, chat_id))""",
+        "CREATE INDEX world_links_character ON world_links(character_id)",
+        "CREATE INDEX world_links_chat ON world_links(chat_id)",
+    ),
 )
 
 

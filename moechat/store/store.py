@@ -22,6 +22,7 @@ from moechat.store.messages import MessagesMixin, insert_message, insert_swipe, 
 from moechat.store.records import LOCAL_OWNER, Character, ChatInfo, GenStats, ImportedChat, ImportedSwipe
 from moechat.store.routing import copy_for_swipe
 from moechat.store.schema import migrate
+from moechat.store.worlds import WorldsMixin
 
 DB_NAME = "moechat.sqlite3"
 BUSY_TIMEOUT_MS = 10_000
@@ -61,7 +62,7 @@ def _card_text(card: str | dict[str, Any]) -> str:
     return json.dumps(card, ensure_ascii=False)
 
 
-class Store(MessagesMixin):
+class Store(MessagesMixin, WorldsMixin):
     """Open with Store.open(data_dir) or Store(path); use as a context manager or call close()."""
 
     def __init__(self, path: str | Path, owner: str = LOCAL_OWNER) -> None:

@@ -25,6 +25,7 @@ from moechat.library import import_bundled
 from moechat.models.slot import ModelSlot
 from moechat.store.records import LOCAL_OWNER
 from moechat.store.store import Store
+from moechat.store.worlds import Scope
 from moechat.ui.characters import Characters
 from moechat.ui.chat import ChatUI
 from moechat.ui.chats import ChatList
@@ -35,6 +36,7 @@ from moechat.ui.models import ModelSwitcher, expert_choices
 from moechat.ui.outputs import ChatOpened, ChatOutputs
 from moechat.ui.session import Session, StopFlags, Stores
 from moechat.ui.turn_inputs import TurnInputs
+from moechat.ui.world_info import WorldInfoUI
 
 T = TypeVar("T")
 
@@ -74,6 +76,7 @@ class Handlers:
     characters: Characters
     actions: MessageActions
     models: ModelSwitcher
+    worlds: WorldInfoUI
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def _handlers(slot: ModelSlot, store: Store, settings: Settings) -> Handlers:
         chats=chats,
         characters=Characters(chats, data_dir, settings.max_upload_mb),
         actions=MessageActions(chat_ui),
+        worlds=WorldInfoUI(chat_ui.stores),
         models=ModelSwitcher(slot, data_dir),
     )
 
@@ -219,6 +223,16 @@ def _wire_characters(ui: Page, h: Handlers) -> None:
     tab.save_new.click(ch.save_new, [ui.session, *tab.editor], changed, **PRIVATE)
     tab.save_old.click(ch.save_existing, [ui.session, *tab.editor], changed, **PRIVATE)
     tab.delete_char.click(ch.delete, [ui.session], changed, **PRIVATE)
+    w = h.worlds
+    tab.world_file.upload(w.upload, [ui.session, tab.world_file], [tab.world_pick, tab.world_status], **PRIVATE)
+    tab.world_pick.focus(w.picker, [ui.session], [tab.world_pick, tab.world_status], **PRIVATE)
+    scopes: dict[str, Scope] = {"character": "character", "chat": "chat", "global": "global"}
+    for name, button in tab.world_buttons.items():
+        handler = partial(w.attach, scope=scopes[name]) if name in scopes else w.detach_everywhere
+        button.click(handler, [ui.session, tab.world_pick], [tab.world_status], **PRIVATE)
+    talk = ui.chat.talk
+    for upload in (talk.st_instruct, talk.st_context):
+        upload.upload(w.preset, [ui.session, talk.st_instruct, talk.st_context], [talk.fmt, talk.st_status], **PRIVATE)
 
 
 def launch(

@@ -131,11 +131,18 @@ def context_html(report: object | None) -> str:
     sections = {k: v for k, v in getattr(report, "sections", {}).items() if v}
     total, budget = int(getattr(report, "total", 0)), max(int(getattr(report, "budget", 1)), 1)
     cells = "".join(f"<tr><th>{esc(k.replace('_', ' '))}</th><td>{v}</td></tr>" for k, v in sections.items())
-    dropped = _dropped(report)
+    dropped = _dropped(report) + _lore(report)
     approx = " (estimated)" if getattr(report, "estimated", False) else ""
     bar = f'<progress max="{budget}" value="{min(total, budget)}"></progress>'
     head = f"<b>context: {total} / {budget} tokens{approx}</b>{bar}"
     return f'<div class="moe-context">{head}<table>{cells}</table>{dropped}</div>'
+
+
+def _lore(report: object) -> str:
+    """The lore that fired, with the key (and recursion step) that fired it."""
+    fired = getattr(report, "lore", ()) or ()
+    items = "".join(f"<li>{esc(line)}</li>" for line in fired)
+    return f'<div class="moe-lore">lore that fired:<ul>{items}</ul></div>' if fired else ""
 
 
 def _dropped(report: object) -> str:

@@ -12,7 +12,7 @@ from moechat.ui.characters import EDITOR_FIELDS
 from moechat.ui.html import context_html
 from moechat.ui.models import HELP
 from moechat.ui.routing import MEAN, layer_choices
-from moechat.ui.turn_inputs import PRESETS
+from moechat.ui.turn_inputs import PRESETS, ST_FORMAT
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class TalkColumn:
     user_name: gr.Textbox
     persona: gr.Textbox
     fmt: gr.Dropdown
+    st_instruct: gr.File
+    st_context: gr.File
+    st_status: gr.Markdown
     preset: gr.Radio
     max_tokens: gr.Slider
     seed: gr.Number
@@ -92,6 +95,10 @@ class CharactersTab:
     save_new: gr.Button
     save_old: gr.Button
     delete_char: gr.Button
+    world_file: gr.File
+    world_pick: gr.Dropdown
+    world_buttons: dict[str, gr.Button]  # by scope: character, chat, global; and detach
+    world_status: gr.HTML
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,11 @@ def _talk_column(experts: list[str]) -> TalkColumn:
     with gr.Accordion("Persona, format and sampling", open=False):
         user_name = gr.Textbox("You", label="Your name", elem_id="user_name")
         persona = gr.Textbox(label="Your persona (sent to the model)", lines=2, elem_id="persona")
-        fmt = gr.Dropdown(["auto", *format_names()], value="auto", label="Prompt format", elem_id="fmt")
+        fmt = gr.Dropdown(["auto", *format_names(), ST_FORMAT], value="auto", label="Prompt format", elem_id="fmt")
+        with gr.Row():
+            st_instruct = gr.File(label="SillyTavern instruct preset", elem_id="st_instruct", file_types=[".json"])
+            st_context = gr.File(label="SillyTavern context template", elem_id="st_context", file_types=[".json"])
+        st_status = gr.Markdown(elem_id="st_status")
         preset = gr.Radio(list(PRESETS), value="Balanced", label="Sampling preset", elem_id="preset")
         max_tokens = gr.Slider(16, 1024, value=200, step=8, label="Max reply tokens", elem_id="max_tok")
         seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id="seed")
@@ -198,6 +209,9 @@ def _talk_column(experts: list[str]) -> TalkColumn:
         user_name=user_name,
         persona=persona,
         fmt=fmt,
+        st_instruct=st_instruct,
+        st_context=st_context,
+        st_status=st_status,
         preset=preset,
         max_tokens=max_tokens,
         seed=seed,
@@ -251,6 +265,25 @@ def characters_tab() -> CharactersTab:
             save_new = gr.Button("Save as new", elem_id="save_new", variant="primary")
             save_old = gr.Button("Update selected", elem_id="save_old")
             delete_char = gr.Button("Delete character", elem_id="delete_char", variant="stop")
+        gr.Markdown("### World Info")
+        world_file = gr.File(
+            label="Import World Info or a lorebook (.json)",
+            elem_id="world_upload",
+            file_types=[".json"],
+            type="filepath",
+        )
+        world_pick = gr.Dropdown([], label="World Info book", elem_id="world_pick", allow_custom_value=False)
+        with gr.Row():
+            world_buttons = {
+                scope: gr.Button(label, elem_id=f"world_{scope}", size="sm")
+                for scope, label in (
+                    ("character", "Attach to the character"),
+                    ("chat", "Attach to the chat"),
+                    ("global", "Attach to every chat"),
+                    ("detach", "Detach"),
+                )
+            }
+        world_status = gr.HTML(elem_id="world_status")
     return CharactersTab(
         card_file=card_file,
         exports=exports,
@@ -260,6 +293,10 @@ def characters_tab() -> CharactersTab:
         save_new=save_new,
         save_old=save_old,
         delete_char=delete_char,
+        world_file=world_file,
+        world_pick=world_pick,
+        world_buttons=world_buttons,
+        world_status=world_status,
     )
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import monotonic
 
+from moechat.prompt.st_preset import StPreset
 from moechat.routing.summary import Summary
 from moechat.store.records import LOCAL_OWNER
 from moechat.store.store import Store
@@ -32,6 +33,7 @@ class Session:
     shown: Shown | None = None
     summaries: dict[int, Summary | None] = field(default_factory=dict)  # swipe id -> routing Summary or None (cached)
     last_rate: float | None = None
+    st_preset: StPreset | None = None  # SillyTavern instruct/context presets imported in the format picker
 
 
 MAX_OPEN = 32  # visitors' store handles open at once (besides the base), unless more are in use

@@ -9,7 +9,9 @@ from dataclasses import dataclass, replace
 
 from moechat import chat
 from moechat.engine.types import Sampling
+from moechat.prompt.st_preset import StPreset
 
+ST_FORMAT = "SillyTavern preset"  # the format picker's entry for imported SillyTavern presets
 PRESETS: dict[str, Sampling] = {
     "Balanced": Sampling(temperature=0.8, top_p=0.95, top_k=40, min_p=0.05, repeat_penalty=1.05),
     "Precise": Sampling(temperature=0.3, top_p=0.9, top_k=20, min_p=0.1, repeat_penalty=1.05),
@@ -29,11 +31,17 @@ class TurnInputs:
     user_name: str | None
     persona: str | None
 
-    def options(self) -> chat.TurnOptions:
+    def options(self, st_preset: StPreset | None = None) -> chat.TurnOptions:
+        """The turn's options; the format "SillyTavern preset" uses `st_preset` (imported in the format picker)."""
         base = PRESETS.get(self.preset, PRESETS["Balanced"])
         seed = None if self.seed is None or self.seed == -1 else int(self.seed)
         sampling = replace(base, max_tokens=int(self.max_tokens), seed=seed)
-        fmt_name = None if self.fmt in ("", "auto", None) else self.fmt
+        fmt_name = None if self.fmt in ("", "auto", None, ST_FORMAT) else self.fmt
+        preset = st_preset if self.fmt == ST_FORMAT else None
         return chat.TurnOptions(
-            sampling=sampling, format=fmt_name, user_name=self.user_name or "You", persona=self.persona or ""
+            sampling=sampling,
+            format=fmt_name,
+            user_name=self.user_name or "You",
+            persona=self.persona or "",
+            preset=preset,
         )
