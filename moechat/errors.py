@@ -23,3 +23,7 @@ class PromptError(MoechatError):
 
 class ConfigError(MoechatError):
     """A frankenMoE config or a setting is invalid."""
+
+
+class SamplingError(MoechatError):
+    """Sampling settings that cannot work with this model (a grammar that does not parse, an unknown token...)."""

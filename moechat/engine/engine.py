@@ -2,7 +2,10 @@
 carry the router's decision at every layer. The only module (with capture.py) touching llama_cpp.
 
 One context is never driven by two threads: a stream holds the engine's lock for its whole life, and
-abandoning the generator releases it. The KV cache is reused for the longest common token prefix.
+abandoning the generator releases it. The KV cache is reused for the longest common token prefix, and the
+last prompt token is always evaluated on its own, cached prefix or not: llama.cpp's numerics depend on the
+batch size, so the first generated token's logits come from the same computation either way, and the same
+request with the same seed gives the same text whatever the cache held before (see README, "Reproducible").
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from moechat.engine import cpu_guard
 from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
+from moechat.engine.sampler import Picker, logprobs
 from moechat.engine.text_release import TextReleaser
 from moechat.engine.threads import this_machine
 from moechat.engine.types import LoadReport, Sampling, Token
@@ -53,6 +57,7 @@ class Engine:
         self._lock = threading.Lock()
         self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
         self._pieces: dict[int, bytes] = {}
+        self._eog: list[int] | None = None  # end-of-generation token ids, listed on first use
         self._kv: list[int] = []  # token ids whose keys/values are in the cache, by position
         shape = (self.n_ctx, info.n_layers, max(info.n_experts, 1))
         self._router_logits = np.full(shape, np.nan, np.float32)  # routing of every cached position
@@ -140,6 +145,25 @@ class Engine:
     def eos(self) -> int:
         return self._model.token_eos()
 
+    def token_text(self, token: int) -> str:
+        """A token's text with control tokens written out ("<|im_end|>"), as chat templates write them."""
+        self._check_open()
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def eog_ids(self) -> list[int]:
+        """Every token that ends a generation (EOS, EOT, <|im_end|>...), as llama.cpp marks them."""
+        if self._eog is None:
+            self._check_open()
+            vocab = self._model.vocab
+            self._eog = [t for t in range(self._model.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+        return self._eog
+
+    @property
+    def n_vocab(self) -> int:
+        return self._model.n_vocab()
+
     # ---- generation -------------------------------------------------------------------------------------
     def stream(
         self, prompt: Sequence[int], sampling: Sampling = Sampling(), cancel: threading.Event | None = None
@@ -152,32 +176,53 @@ class Engine:
             raise EngineError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
         with self._lock:
             self._check_open()
-            reused = self._evaluate_prompt(prompt)
-            text = TextReleaser(())
-            for pos, tok in enumerate(prompt):
-                piece = self.piece(tok)
-                released = text.feed(piece)[0] + (text.flush() if pos == len(prompt) - 1 else "")
-                yield Token(pos, tok, released, piece, self._routing_at(pos), prompt=True, cached=pos < reused)
-            yield from self._generate(sampling, cancel)
+            picker = Picker(self._model, sampling, self.n_ctx, self.eog_ids(), self._text_ids)
+            try:
+                reused = self._evaluate_prompt(prompt)
+                picker.feed(prompt)
+                text = TextReleaser(())
+                for pos, tok in enumerate(prompt):
+                    piece = self.piece(tok)
+                    released = text.feed(piece)[0] + (text.flush() if pos == len(prompt) - 1 else "")
+                    yield Token(pos, tok, released, piece, self._routing_at(pos), prompt=True, cached=pos < reused)
+                yield from self._generate(sampling, picker, cancel)
+            finally:
+                picker.close()
 
     def _evaluate_prompt(self, prompt: list[int]) -> int:
+        """Bring the cache to `prompt`: keep the common prefix, evaluate the rest but the last token in
+        batches, then the last token alone (so its logits never depend on what was cached)."""
         keep = _common_prefix(self._kv, prompt)
-        keep = min(keep, len(prompt) - 1)  # evaluate at least one token, for fresh logits
+        keep = min(keep, len(prompt) - 1)
         self._truncate(keep)
-        self._decode(prompt[keep:], all_outputs=self.full_prompt_routing and self._capture is not None)
+        all_outputs = self.full_prompt_routing and self._capture is not None
+        self._decode(prompt[keep:-1], all_outputs=all_outputs)
+        self._decode(prompt[-1:], all_outputs=all_outputs)
         return keep
 
-    def _generate(self, s: Sampling, cancel: threading.Event | None) -> Iterator[Token]:
-        sampler = _sampler(s, self._model.n_vocab())
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tokenize(text, add_bos=False, special=False)
+
+    def _logits(self) -> np.ndarray:
+        """The last evaluated token's logits (a view of llama.cpp's buffer)."""
+        ptr = llama_cpp.llama_get_logits_ith(self._open_ctx().ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._model.n_vocab(),))
+
+    def _generate(self, s: Sampling, picker: Picker, cancel: threading.Event | None) -> Iterator[Token]:
         text = TextReleaser(s.stop)
         for i in range(s.max_tokens):
             if cancel is not None and cancel.is_set():
                 yield Token(len(self._kv), -1, text.flush(), b"", None, finish="cancelled")
                 return
-            tok = sampler.sample(self._open_ctx(), -1)
+            logits = self._logits()
+            tok = picker.pick(logits, i)
+            if tok is None:  # nothing is allowed any more (a finished grammar whose end is banned)
+                yield Token(len(self._kv), -1, text.flush(), b"", None, finish="stop")
+                return
+            probs = logprobs(logits, tok, s.n_probs) if s.n_probs > 0 else None
             pos, piece = len(self._kv), self.piece(tok)
             if llama_cpp.llama_vocab_is_eog(self._model.vocab, tok):
-                yield Token(pos, tok, text.flush(), piece, None, finish="eos")
+                yield Token(pos, tok, text.flush(), piece, None, finish="eos", logprobs=probs)
                 return
             released, stopped = text.feed(piece)
             last = stopped or i == s.max_tokens - 1 or pos + 1 >= self.n_ctx
@@ -186,9 +231,8 @@ class Engine:
             finish = "stop" if stopped else ("length" if last else None)
             if last and not stopped:
                 released += text.flush()
-            yield Token(
-                pos, tok, released, piece, self._routing_at(pos) if pos < len(self._kv) else None, finish=finish
-            )
+            routing = self._routing_at(pos) if pos < len(self._kv) else None
+            yield Token(pos, tok, released, piece, routing, finish=finish, logprobs=probs)
             if last:
                 return
 
@@ -345,18 +389,3 @@ def _context(
         return internals.LlamaContext(model=model, params=params, verbose=False)
     except ValueError as exc:
         raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens: {exc}") from exc
-
-
-def _sampler(s: Sampling, n_vocab: int) -> internals.LlamaSampler:
-    sampler = internals.LlamaSampler()
-    if s.repeat_penalty != 1.0:
-        sampler.add_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0)
-    if s.temperature <= 0:
-        sampler.add_greedy()
-        return sampler
-    sampler.add_top_k(s.top_k)
-    sampler.add_top_p(s.top_p, 1)
-    sampler.add_min_p(s.min_p, 1)
-    sampler.add_temp(s.temperature)
-    sampler.add_dist(llama_cpp.LLAMA_DEFAULT_SEED if s.seed is None else s.seed)
-    return sampler

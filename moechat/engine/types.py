@@ -10,10 +10,23 @@ from typing import TypedDict
 
 from moechat.routing.metrics import Routing
 
+# llama.cpp's default order of the samplers that reshape the distribution (common/sampling.cpp)
+SAMPLER_ORDER = ("penalties", "dry", "top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "xtc", "temperature")
+DRY_BREAKERS = ("\n", ":", '"', "*")
+
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to pick tokens. temperature <= 0 is greedy; seed None is a fresh random seed."""
+    """How to pick tokens, as llama.cpp's samplers (engine/sampler.py builds the chain). temperature <= 0 is
+    greedy; seed None is a fresh random seed; every other default leaves its sampler off.
+
+    `repeat_last_n` and `dry_penalty_last_n`: -1 is the whole context, 0 turns the sampler off.
+    `logit_bias` adds to token logits (-inf bans), `text_bias` to every token of a text (tokenized by the
+    engine); `grammar` (GBNF) or `json_schema` (JSON text) constrain the output; `ignore_eos` bans the
+    end-of-generation tokens, `min_tokens` bans them until that many tokens were generated; `n_probs` > 0
+    puts the model's own log-probabilities (before any sampler) of the chosen and the n_probs most likely
+    tokens on every generated Token. `order` is the order of the reshaping samplers (SAMPLER_ORDER names).
+    """
 
     temperature: float = 0.8
     top_p: float = 0.95
@@ -24,6 +37,39 @@ class Sampling:
     seed: int | None = None
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    typical_p: float = 1.0
+    top_n_sigma: float = -1.0
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    mirostat: int = 0  # 1: Mirostat, 2: Mirostat 2.0 (replace the truncation samplers)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_breakers: tuple[str, ...] = DRY_BREAKERS
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    text_bias: tuple[tuple[str, float], ...] = ()
+    grammar: str | None = None
+    json_schema: str | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    n_probs: int = 0
+    order: tuple[str, ...] = SAMPLER_ORDER
+
+
+@dataclass(frozen=True, slots=True)
+class Logprobs:
+    """The model's log-probability of the token it produced and of its `top` most likely tokens, best first,
+    as (token id, log-probability): the softmax of the raw logits, before any sampler."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +79,9 @@ class Token:
     Prompt tokens come first (prompt=True; cached=True when their KV and routing were reused from an
     earlier call), then generated ones. `text` is what this token releases to the reader: stop strings
     are never released, and bytes of a character split over tokens wait for the rest. The last record
-    of a stream has `finish` set: "eos", "length", "stop" or "cancelled" (a marker with id -1).
+    of a stream has `finish` set: "eos", "length", "stop" or "cancelled" (a marker with id -1; "stop"
+    with id -1 also ends a stream where no token was allowed any more, e.g. a finished grammar with EOS
+    banned). Generated tokens carry `logprobs` when Sampling.n_probs > 0.
     """
 
     pos: int
@@ -44,6 +92,7 @@ class Token:
     prompt: bool = False
     cached: bool = False
     finish: str | None = None
+    logprobs: Logprobs | None = None
 
 
 class LoadOptions(TypedDict, total=False):
