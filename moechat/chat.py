@@ -151,9 +151,13 @@ def turn_for(
     shown = [m for m in messages if m.role != "system"]
     history = [Message("user" if m.role == "user" else "model", m.text) for m in shown]
     names = [m.name or (options.user_name if m.role == "user" else card.name) for m in shown]
+    tokens = engine.template_tokens()
     fmt = options.preset or formats.get_format(
         options.format or chat.format or formats.default_format(engine.info.name, engine.info.chat_template),
         engine.info.chat_template,
+        bos=tokens.bos,
+        eos=tokens.eos,
+        ends=tokens.ends,
     )
     turn = Turn(
         fmt,

@@ -46,7 +46,8 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         ("/chat/completions", {"messages": "hello"}, "messages"),
         ("/chat/completions", {"messages": []}, "messages"),
         ("/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-        ("/chat/completions", {"messages": CHAT, "n": 2}, "n"),
+        ("/chat/completions", {"messages": CHAT, "n": 9}, "n"),
+        ("/chat/completions", {"messages": CHAT, "n": 0}, "n"),
         ("/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
         ("/chat/completions", {"messages": CHAT, "temperature": "hot"}, "temperature"),
         ("/chat/completions", {"messages": CHAT, "max_tokens": 0}, "max_tokens"),
@@ -63,10 +64,10 @@ def test_bad_requests_get_400_with_an_openai_error(server, path, body, param):
     assert_openai_error(server.post(path, body), 400, param)
 
 
-def test_openai_client_raises_bad_request_for_n_2(server):
+def test_openai_client_raises_bad_request_for_n_above_the_limit(server):
     with pytest.raises(openai.BadRequestError) as caught:
-        chat(server, n=2)
-    assert caught.value.status_code == 400 and "n=1" in caught.value.body["message"]
+        chat(server, n=9)
+    assert caught.value.status_code == 400 and "8" in caught.value.body["message"]
 
 
 @pytest.mark.parametrize("key", [None, "sk-wrong"])

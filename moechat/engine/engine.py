@@ -27,7 +27,7 @@ from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_ca
 from moechat.engine.sampler import Picker, logprobs
 from moechat.engine.text_release import TextReleaser
 from moechat.engine.threads import this_machine
-from moechat.engine.types import LoadReport, Sampling, Token
+from moechat.engine.types import LoadReport, Sampling, TemplateTokens, Token
 from moechat.errors import EngineError
 from moechat.gguf.info import ModelInfo, open_reader, read_info, require_stacked, token_embedding
 from moechat.routing.metrics import Routing, from_logits
@@ -163,6 +163,13 @@ class Engine:
     @property
     def n_vocab(self) -> int:
         return self._model.n_vocab()
+
+    def template_tokens(self) -> TemplateTokens:
+        """The texts of the special tokens a chat template writes: BOS, EOS, the other end-of-turn tokens."""
+        texts = {tok: self.token_text(tok) for tok in self.eog_ids()}
+        bos = self.token_text(self.info.bos_id) if self.info.bos_id is not None else "<s>"
+        eos = texts.get(self.eos) or "</s>"
+        return TemplateTokens(bos or "<s>", eos, tuple(t for t in texts.values() if t and t != eos))
 
     # ---- generation -------------------------------------------------------------------------------------
     def stream(

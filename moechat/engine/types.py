@@ -6,7 +6,7 @@ Importing this module loads no native library, so request parsing (the API's sch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from moechat.routing.metrics import Routing
 
@@ -93,6 +93,14 @@ class Token:
     cached: bool = False
     finish: str | None = None
     logprobs: Logprobs | None = None
+
+
+class TemplateTokens(NamedTuple):
+    """The texts of a model's special tokens as its chat template writes them."""
+
+    bos: str
+    eos: str
+    ends: tuple[str, ...]  # the other end-of-generation tokens ("<|im_end|>", "<|eot_id|>"...)
 
 
 class LoadOptions(TypedDict, total=False):

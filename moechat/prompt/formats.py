@@ -136,8 +136,11 @@ def format_names() -> list[str]:
     return [*FORMATS, JINJA]
 
 
-def get_format(name: str, chat_template: str | None = None, *, bos: str = "<s>", eos: str = "</s>") -> Format:
-    """The format called `name`; "jinja" needs the model's `chat_template` (and its BOS/EOS text)."""
+def get_format(
+    name: str, chat_template: str | None = None, *, bos: str = "<s>", eos: str = "</s>", ends: tuple[str, ...] = ()
+) -> Format:
+    """The format called `name`; "jinja" needs the model's `chat_template` (and its BOS/EOS text, and the
+    text of its other end-of-turn tokens as `ends`)."""
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key == JINJA:
         if not chat_template:
@@ -145,22 +148,42 @@ def get_format(name: str, chat_template: str | None = None, *, bos: str = "<s>",
                 f"format 'jinja' needs the model's embedded chat template and this model has none; "
                 f"choose one of: {', '.join(FORMATS)}"
             )
-        return jinja_format(chat_template, bos=bos, eos=eos)
+        return jinja_format(chat_template, bos=bos, eos=eos, ends=ends)
     if key not in FORMATS:
         raise PromptError(f"unknown prompt format {name!r}; known formats: {', '.join(format_names())}")
     return FORMATS[key]
 
 
-def jinja_format(template: str, *, bos: str = "<s>", eos: str = "</s>") -> Format:
-    """The GGUF's embedded chat template as a format; stop on EOS and on the template's user prefix."""
+def jinja_format(template: str, *, bos: str = "<s>", eos: str = "</s>", ends: tuple[str, ...] = ()) -> Format:
+    """The GGUF's embedded chat template as a format. It keeps system messages mid-chat when the template
+    writes them there; it stops on EOS, the other end-of-turn texts and the template's user prefix."""
     plain = Format(JINJA, "the model's embedded chat template", ("", ""), ("", ""), ("", ""), (), template=template)
     fmt = dataclasses.replace(plain, bos=bos, eos=eos, system_turns=False)
+    stops = tuple(dict.fromkeys(s for s in (eos, *ends, _user_prefix(fmt), "\n{{user}}:") if s))
+    return dataclasses.replace(fmt, stops=stops, system_turns=_writes_mid_chat_system(fmt))
+
+
+def _user_prefix(fmt: Format) -> str:
+    """What the template writes before a user message that follows a reply (not the opening system block
+    some templates add to a conversation's start); "" when the template cannot tell."""
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     try:
-        user_prefix = render(fmt, [], "impersonate").strip()
-    except PromptError:  # a template that needs a conversation to render: stop on EOS only
-        user_prefix = ""
-    stops = tuple(dict.fromkeys(s for s in (eos, user_prefix, "\n{{user}}:") if s))
-    return dataclasses.replace(fmt, stops=stops)
+        before = _apply_template(fmt, chat, False)
+        after = _apply_template(fmt, [*chat, {"role": "user", "content": MARK}], False)
+    except PromptError:
+        return ""
+    if not after.startswith(before) or MARK not in after:
+        return ""
+    return after[len(before) :].split(MARK, 1)[0].strip()
+
+
+def _writes_mid_chat_system(fmt: Format) -> bool:
+    roles = [("user", "a"), ("assistant", "b"), ("system", MARK), ("user", "c")]
+    try:
+        text = _apply_template(fmt, [{"role": role, "content": text} for role, text in roles], True)
+    except PromptError:
+        return False
+    return MARK in text
 
 
 def default_format(model_name: str = "", chat_template: str | None = None) -> str:

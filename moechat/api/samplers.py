@@ -1,0 +1,429 @@
+"""Sampler settings as the clients send them, in every dialect SillyTavern speaks, mapped onto `Sampling`.
+
+One request model (`SamplerFields`) accepts the field names of OpenAI, text-generation-webui, vLLM,
+Aphrodite, TabbyAPI, KoboldCpp, llama.cpp's server and Ollama's options; `settings()` turns them into the
+engine's `Sampling` for one dialect (its defaults, its field precedence, what a range of 0 means). A sampler
+moechat cannot run is accepted at its neutral value (SillyTavern sends every slider) and refused with a
+400 naming the field and the value to set otherwise: nothing a client asks for is dropped silently. Pure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moechat.engine.types import SAMPLER_ORDER, Sampling
+
+Dialect = Literal["openai", "llamacpp", "ollama"]
+SEED_RANGE = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "random"
+MAX_N = 8  # choices per request (run one after another until the parallel engine serves them together)
+MAX_LOGPROBS = 20
+Bias = float | bool
+
+
+class SamplerError(ValueError):
+    """A sampler setting that cannot work: the field (dotted) and what to do."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A dialect's defaults for what a request leaves out, and what a penalty range of 0 means."""
+
+    max_tokens: int | None  # None: until the context is full
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    zero_range_is_whole: bool  # text-generation-webui/Tabby: 0 = the whole context; llama.cpp/Ollama: 0 = off
+
+
+DIALECTS: dict[str, Defaults] = {
+    "openai": Defaults(256, 1.0, 1.0, 0, 0.0, 1.0, True),
+    "llamacpp": Defaults(None, 0.8, 0.95, 40, 0.05, 1.0, False),
+    "ollama": Defaults(None, 0.8, 0.9, 40, 0.0, 1.1, False),
+}
+# samplers moechat cannot run: (fields, neutral value, what it is)
+UNSUPPORTED: tuple[tuple[tuple[str, ...], object, str], ...] = (
+    (("tfs", "tfs_z"), 1.0, "tail-free sampling (removed from llama.cpp)"),
+    (("top_a",), 0.0, "top-a sampling"),
+    (("epsilon_cutoff",), 0.0, "epsilon sampling"),
+    (("eta_cutoff",), 0.0, "eta sampling"),
+    (("smoothing_factor",), 0.0, "quadratic (smoothing) sampling"),
+    (("skew",), 0.0, "skew sampling"),
+    (("num_beams",), 1, "beam search"),
+    (("use_beam_search",), False, "beam search"),
+    (("penalty_alpha",), 0.0, "contrastive search"),
+    (("guidance_scale",), 1.0, "classifier-free guidance"),
+    (("encoder_repetition_penalty",), 1.0, "the encoder repetition penalty"),
+    (("no_repeat_ngram_size",), 0, "n-gram bans"),
+    (("max_tokens_second",), 0, "a tokens-per-second limit"),
+    (("rep_pen_slope",), 1.0, "a repetition penalty slope"),
+    (("repetition_decay",), 0, "a repetition penalty decay"),
+    (("skip_special_tokens",), True, "writing special tokens into the text"),
+    (("echo",), False, "echoing the prompt"),
+    (("include_stop_str_in_output",), False, "keeping the stop string in the text"),
+    (("post_sampling_probs",), False, "probabilities after the sampler chain (they are the model's own)"),
+)
+# names of samplers in the order lists of llama.cpp (`samplers`), text-generation-webui (`sampler_priority`)
+# and KoboldCpp (`sampler_order`, numbers); None: a sampler moechat cannot run (refused unless neutral)
+STAGE_NAMES: dict[str, str | None] = {
+    **{name: name for name in SAMPLER_ORDER},
+    "typ_p": "typical_p", "typ": "typical_p", "typical": "typical_p", "nucleus": "top_p", "temp": "temperature",
+    "repetition_penalty": "penalties", "presence_penalty": "penalties", "frequency_penalty": "penalties",
+    "dynamic_temperature": "temperature", "top_a": None, "tfs": None, "tfs_z": None, "epsilon_cutoff": None,
+    "eta_cutoff": None, "quadratic_sampling": None, "mirostat": None, "encoder_repetition_penalty": None,
+    "no_repeat_ngram": None,
+}  # fmt: skip
+STAGE_CHARS = {"d": "dry", "k": "top_k", "y": "typical_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
+               "x": "xtc", "t": "temperature", "e": "penalties"}  # fmt: skip
+KOBOLD_ORDER = {0: "top_k", 1: None, 2: None, 3: "typical_p", 4: "top_p", 5: "temperature", 6: "penalties"}
+
+
+class SamplerFields(BaseModel):
+    """Every sampler field a SillyTavern connection type sends (see `settings` for what each means)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_new_tokens: Annotated[int, Field(ge=1)] | None = None
+    n_predict: int | None = None
+    num_predict: int | None = None
+    temperature: Annotated[float, Field(ge=0, le=100)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: int | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    typical_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    typical: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_n_sigma: float | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    rep_pen: Annotated[float, Field(gt=0, le=10)] | None = None
+    repetition_penalty_range: int | None = None
+    rep_pen_range: int | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: Annotated[float, Field(ge=-10, le=10)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-10, le=10)] | None = None
+    seed: int | None = None
+    sampler_seed: int | None = None
+    stop: str | list[str] | None = None
+    stopping_strings: list[str] | None = None
+    dynamic_temperature: bool | None = None
+    dynatemp_low: float | None = None
+    dynatemp_high: float | None = None
+    dynatemp_min: float | None = None
+    dynatemp_max: float | None = None
+    dynatemp_range: Annotated[float, Field(ge=0)] | None = None
+    dynatemp_exponent: Annotated[float, Field(ge=0)] | None = None
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_mode: Literal[0, 1, 2] | None = None
+    mirostat_tau: Annotated[float, Field(ge=0)] | None = None
+    mirostat_eta: Annotated[float, Field(ge=0)] | None = None
+    dry_multiplier: Annotated[float, Field(ge=0)] | None = None
+    dry_base: Annotated[float, Field(ge=0)] | None = None
+    dry_allowed_length: Annotated[int, Field(ge=0)] | None = None
+    dry_penalty_last_n: int | None = None
+    dry_sequence_breakers: str | list[str] | None = None
+    xtc_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    xtc_probability: Annotated[float, Field(ge=0, le=1)] | None = None
+    logit_bias: dict[str, Bias] | list[list[int | str | float | bool]] | None = None
+    custom_token_bans: str | list[int] | None = None
+    banned_strings: list[str] | None = None
+    grammar: str | None = None
+    grammar_string: str | None = None
+    guided_grammar: str | None = None
+    json_schema: dict[str, Any] | str | None = None
+    guided_json: dict[str, Any] | str | None = None
+    response_format: dict[str, Any] | None = None
+    ignore_eos: bool | None = None
+    ban_eos_token: bool | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    min_length: Annotated[int, Field(ge=0)] | None = None
+    add_bos_token: bool | None = None
+    samplers: list[str] | str | None = None
+    sampler_priority: list[str] | None = None
+    sampler_order: list[int] | None = None
+    temperature_last: bool | None = None
+    do_sample: bool | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
+
+    def extra(self, name: str) -> object:
+        return (self.model_extra or {}).get(name)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a request asks of the engine: sampling (seed: the first choice's), choices, BOS, logprobs."""
+
+    sampling: Sampling
+    n: int = 1
+    add_bos: bool = True
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
+
+
+def settings(
+    f: SamplerFields,
+    dialect: Dialect,
+    n_ctx: int,
+    *,
+    format_stops: tuple[str, ...] = (),
+    max_tokens: int | None = None,
+    top_logprobs: int | None = None,
+) -> Settings:
+    """The request's sampler fields as the engine's settings; SamplerError for what cannot work.
+    `max_tokens`/`top_logprobs`: the values of fields the caller read itself (chat's max_completion_tokens,
+    OpenAI's logprobs)."""
+    d = DIALECTS[dialect]
+    _refuse_unsupported(f)
+    if f.best_of is not None and f.best_of != f.n:
+        raise SamplerError("best_of", f"only best_of = n ({f.n}) is supported (each choice is returned)")
+    temperature = _first(f.temperature, default=d.temperature)
+    if f.do_sample is False:
+        temperature = 0.0
+    dyn_range, temperature = _dynatemp(f, temperature)
+    grammar, schema = _grammar(f, dialect)
+    s = Sampling(
+        temperature=temperature,
+        top_p=_first(f.top_p, default=d.top_p),
+        top_k=_first(f.top_k, default=d.top_k),
+        min_p=_first(f.min_p, default=d.min_p),
+        typical_p=_first(f.typical_p, f.typical, default=1.0),
+        top_n_sigma=_first(f.top_n_sigma, default=-1.0),
+        repeat_penalty=_first(f.repetition_penalty, f.repeat_penalty, f.rep_pen, default=d.repeat_penalty),
+        repeat_last_n=_range(f, d),
+        presence_penalty=_first(f.presence_penalty, default=0.0),
+        frequency_penalty=_first(f.frequency_penalty, default=0.0),
+        seed=_seed(f),
+        max_tokens=_max_tokens(f, dialect, n_ctx, max_tokens),
+        stop=tuple(dict.fromkeys(s for s in (*_stops(f), *format_stops) if s)),
+        dynatemp_range=dyn_range,
+        dynatemp_exponent=_first(f.dynatemp_exponent, default=1.0),
+        mirostat=_first(f.mirostat_mode, f.mirostat, default=0),
+        mirostat_tau=_first(f.mirostat_tau, default=5.0),
+        mirostat_eta=_first(f.mirostat_eta, default=0.1),
+        dry_multiplier=_first(f.dry_multiplier, default=0.0),
+        dry_base=_first(f.dry_base, default=1.75),
+        dry_allowed_length=_first(f.dry_allowed_length, default=2),
+        dry_penalty_last_n=_dry_range(f, d),
+        dry_breakers=_breakers(f.dry_sequence_breakers),
+        xtc_threshold=_first(f.xtc_threshold, default=0.1),
+        xtc_probability=_first(f.xtc_probability, default=0.0),
+        logit_bias=_token_bias(f),
+        text_bias=_text_bias(f),
+        ignore_eos=bool(f.ignore_eos or f.ban_eos_token),
+        min_tokens=_first(f.min_tokens, f.min_length, default=0),
+        order=_order(f),
+        grammar=grammar,
+        json_schema=schema,
+    )
+    if top_logprobs is not None and not 0 <= top_logprobs <= MAX_LOGPROBS:
+        raise SamplerError("logprobs", f"between 0 and {MAX_LOGPROBS}, got {top_logprobs}")
+    if top_logprobs is not None:
+        s = replace(s, n_probs=max(top_logprobs, 1))
+    return Settings(s, n=f.n, add_bos=f.add_bos_token is not False, top_logprobs=top_logprobs)
+
+
+def choice_seeds(seed: int | None, n: int, draw: int) -> list[int | None]:
+    """Seeds of n choices: seed, seed+1, ... (a random `draw` stands in for no seed when n > 1)."""
+    if n == 1:
+        return [seed]
+    base = draw if seed is None else seed
+    return [(base + i) % SEED_RANGE for i in range(n)]
+
+
+# ---- one field at a time ----------------------------------------------------------------------------------
+def _first(*values: Any, default: Any) -> Any:
+    return next((v for v in values if v is not None), default)
+
+
+def _refuse_unsupported(f: SamplerFields) -> None:
+    for names, neutral, what in UNSUPPORTED:
+        for name in names:
+            value = getattr(f, name, None) if name in SamplerFields.model_fields else f.extra(name)
+            if value is None or value == neutral:
+                continue
+            if isinstance(neutral, float) and isinstance(value, int | float) and math.isclose(value, neutral):
+                continue
+            raise SamplerError(name, f"{value!r} asks for {what}, which moechat cannot do; set it to {neutral!r}")
+    negative = f.extra("negative_prompt")
+    if negative and f.extra("guidance_scale") not in (None, 1, 1.0):
+        raise SamplerError("negative_prompt", "classifier-free guidance is not supported; clear it")
+    if f.banned_strings:
+        raise SamplerError("banned_strings", "banning strings is not supported; ban their tokens instead")
+    suffix = f.extra("suffix")
+    if suffix:
+        raise SamplerError("suffix", "inserting text after the completion is not supported")
+
+
+def _seed(f: SamplerFields) -> int | None:
+    seed = _first(f.seed, f.sampler_seed, default=None)
+    return None if seed is None or seed < 0 else seed % SEED_RANGE
+
+
+def _max_tokens(f: SamplerFields, dialect: Dialect, n_ctx: int, given: int | None) -> int:
+    if dialect == "llamacpp":
+        value = _first(f.n_predict, f.max_tokens, default=-1)
+    elif dialect == "ollama":
+        value = _first(f.num_predict, f.max_tokens, default=-1)
+    else:
+        value = _first(given, f.max_tokens, f.max_new_tokens, default=DIALECTS["openai"].max_tokens)
+    return n_ctx if value is None or value < 0 else max(value, 1)
+
+
+def _stops(f: SamplerFields) -> list[str]:
+    stop = [f.stop] if isinstance(f.stop, str) else (f.stop or [])
+    return [*stop, *(f.stopping_strings or [])]
+
+
+def _range(f: SamplerFields, d: Defaults) -> int:
+    """The repetition penalties' window: -1 is the whole context."""
+    if d.zero_range_is_whole:
+        value = _first(f.repetition_penalty_range, f.rep_pen_range, f.repeat_last_n, default=64)
+        return -1 if value <= 0 else value
+    value = _first(f.repeat_last_n, default=64)
+    return -1 if value < 0 else value
+
+
+def _dry_range(f: SamplerFields, d: Defaults) -> int:
+    value = _first(f.dry_penalty_last_n, default=-1)
+    if d.zero_range_is_whole:
+        return -1 if value <= 0 else value
+    return -1 if value < 0 else value
+
+
+def _dynatemp(f: SamplerFields, temperature: float) -> tuple[float, float]:
+    """(range, temperature): llama.cpp's dynatemp_range, or text-generation-webui's low/high (Aphrodite's
+    min/max) bounds when dynamic temperature is on."""
+    if f.dynatemp_range:
+        return f.dynatemp_range, temperature
+    low = _first(f.dynatemp_low, f.dynatemp_min, default=None)
+    high = _first(f.dynatemp_high, f.dynatemp_max, default=None)
+    if (f.dynamic_temperature or f.dynatemp_min is not None) and low is not None and high is not None:
+        if high < low:
+            raise SamplerError("dynatemp_high", f"must be at least dynatemp_low ({low}), got {high}")
+        return (high - low) / 2, (high + low) / 2
+    return 0.0, temperature
+
+
+def _breakers(value: str | list[str] | None) -> tuple[str, ...]:
+    """DRY's sequence breakers: a list, a JSON array in a string, or a comma-separated list of quoted strings."""
+    if value is None:
+        return Sampling.dry_breakers
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [part.strip().strip("\"'") for part in value.split(",")]
+        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+            raise SamplerError("dry_sequence_breakers", "a list of strings (or a JSON array of strings)")
+        value = parsed
+    return tuple(v for v in value if v)
+
+
+def _bias_entries(f: SamplerFields) -> list[tuple[int | str, float]]:
+    """(token id or text, bias) pairs from logit_bias (OpenAI's object or llama.cpp's list; `false` bans)
+    and custom_token_bans ("1,2,3" or a list)."""
+    pairs: list[tuple[int | str, Bias]] = []
+    if isinstance(f.logit_bias, dict):
+        pairs += [(int(k) if k.lstrip("-").isdigit() else k, v) for k, v in f.logit_bias.items()]
+    elif isinstance(f.logit_bias, list):
+        for i, item in enumerate(f.logit_bias):
+            if len(item) != 2 or isinstance(item[0], bool) or not isinstance(item[1], int | float | bool):
+                raise SamplerError(f"logit_bias.{i}", "each entry is [token id or text, bias or false]")
+            key, value = item[0], item[1]
+            if isinstance(key, float):
+                if not key.is_integer():
+                    raise SamplerError(f"logit_bias.{i}", f"token ids are integers, got {key}")
+                key = int(key)
+            pairs.append((key, value if isinstance(value, bool) else float(value)))
+    bans = f.custom_token_bans
+    if isinstance(bans, str):
+        try:
+            bans = [int(x) for x in bans.split(",") if x.strip()]
+        except ValueError as exc:
+            raise SamplerError("custom_token_bans", "comma-separated token ids") from exc
+    pairs += [(tok, False) for tok in bans or []]
+    out: list[tuple[int | str, float]] = []
+    for key, value in pairs:
+        bias = -math.inf if value is False else (0.0 if value is True else float(value))
+        out.append((key, bias))
+    return out
+
+
+def _token_bias(f: SamplerFields) -> tuple[tuple[int, float], ...]:
+    return tuple((k, v) for k, v in _bias_entries(f) if isinstance(k, int))
+
+
+def _text_bias(f: SamplerFields) -> tuple[tuple[str, float], ...]:
+    return tuple((k, v) for k, v in _bias_entries(f) if isinstance(k, str))
+
+
+def _grammar(f: SamplerFields, dialect: Dialect) -> tuple[str | None, str | None]:
+    """(GBNF grammar, JSON schema as text), at most one of them. An empty schema object is "none" from
+    SillyTavern's text-completion types (it sends {} when the box is empty) and "any JSON" on llama.cpp's
+    own endpoint, as there."""
+    grammar = next((g for g in (f.grammar, f.grammar_string, f.guided_grammar) if g), None)
+    schema: object = next((s for s in (f.json_schema, f.guided_json) if s not in (None, "", {})), None)
+    if dialect == "llamacpp" and f.json_schema == {}:
+        schema = {}
+    fmt = f.response_format or {}
+    kind = fmt.get("type")
+    if kind == "json_object":
+        schema = fmt.get("schema") or {}
+    elif kind == "json_schema":
+        inner = fmt.get("json_schema")
+        schema = inner.get("schema", {}) if isinstance(inner, dict) else {}
+    elif kind not in (None, "text"):
+        raise SamplerError("response_format.type", f"text, json_object or json_schema, got {kind!r}")
+    if grammar is not None and schema is not None:
+        raise SamplerError("grammar", "send either a grammar or a JSON schema, not both")
+    if schema is not None:
+        return None, schema if isinstance(schema, str) else json.dumps(schema)
+    return grammar, None
+
+
+def _order(f: SamplerFields) -> tuple[str, ...]:
+    """SAMPLER_ORDER with the stages a client listed placed in its order, the unlisted ones where they were;
+    `temperature_last` moves temperature to the end."""
+    listed: list[str] = []
+    if isinstance(f.samplers, str):
+        listed = [STAGE_CHARS.get(c, c) for c in f.samplers]
+    elif f.samplers is not None:
+        listed = [_stage(name, "samplers") for name in f.samplers]
+    elif f.sampler_priority is not None:
+        listed = [_stage(name, "sampler_priority") for name in f.sampler_priority]
+    elif f.sampler_order is not None:
+        for number in f.sampler_order:
+            if number not in KOBOLD_ORDER:
+                raise SamplerError("sampler_order", f"unknown KoboldCpp sampler {number}")
+        listed = [s for s in (KOBOLD_ORDER[number] for number in f.sampler_order) if s]
+    unknown = [s for s in listed if s and s not in SAMPLER_ORDER]
+    if unknown:
+        raise SamplerError("samplers", f"unknown sampler {unknown[0]!r}; known: {', '.join(SAMPLER_ORDER)}")
+    wanted = [s for s in dict.fromkeys(listed) if s]
+    slots = iter(wanted)
+    order = [next(slots) if stage in wanted else stage for stage in SAMPLER_ORDER]
+    if f.temperature_last:
+        order = [s for s in order if s != "temperature"] + ["temperature"]
+    return tuple(order)
+
+
+def _stage(name: str, field: str) -> str:
+    """A sampler's stage name; "" for one moechat cannot run (its settings are checked on their own)."""
+    key = name.strip().lower()
+    for variant in (key, key.replace("-", "_")):
+        if variant in STAGE_NAMES:
+            return STAGE_NAMES[variant] or ""
+    nodash = {k.replace("_", ""): v for k, v in STAGE_NAMES.items()}
+    if key.replace("-", "").replace("_", "") in nodash:
+        return nodash[key.replace("-", "").replace("_", "")] or ""
+    raise SamplerError(field, f"unknown sampler {name!r}")
