@@ -75,7 +75,7 @@ class Picker:
         llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(array))
         if not 0 <= array.selected < array.size:
             raise SamplingError("the sampler chain selected no token")
-        tok = int(cand["id"][array.selected])
+        tok = int(array.data[array.selected].id)  # samplers may move `data` (XTC drops the head)
         llama_cpp.llama_sampler_accept(self._chain.sampler, tok)
         if self._grammar is not None:
             llama_cpp.llama_sampler_accept(self._grammar, tok)
