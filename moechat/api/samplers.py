@@ -286,8 +286,8 @@ def _stops(f: SamplerFields) -> list[str]:
 
 def _range(f: SamplerFields, d: Defaults) -> int:
     """The repetition penalties' window: -1 is the whole context."""
-    if d.zero_range_is_whole:
-        value = _first(f.repetition_penalty_range, f.rep_pen_range, f.repeat_last_n, default=64)
+    if d.zero_range_is_whole:  # no range given: the whole context, as vLLM and Aphrodite (which take none)
+        value = _first(f.repetition_penalty_range, f.rep_pen_range, f.repeat_last_n, default=0)
         return -1 if value <= 0 else value
     value = _first(f.repeat_last_n, default=64)
     return -1 if value < 0 else value
