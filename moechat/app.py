@@ -32,6 +32,7 @@ def load_model(settings: Settings):
         "n_gpu_layers": settings.n_gpu_layers,
         "capture": settings.capture,
         "full_prompt_routing": settings.prompt_routing,
+        "exact": settings.exact,
     }
     return ModelSlot(Engine.load(resolved.path, **options), options, cache_dir=settings.data_dir / "steering")
 

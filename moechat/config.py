@@ -36,6 +36,7 @@ class Settings:
     threads: int | None = None
     capture: str = "auto"
     prompt_routing: bool = True  # routing of every prompt token incl. the last layer (outputs for all of them)
+    exact: bool = False  # float32 KV cache, no flash attention: replies independent of the prompt cache
     hosted: bool = False  # one owner per browser instead of one local user
     max_upload_mb: int = 20
 
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture the last layer's routing for prompt tokens too; costs the output head for every prompt "
         "token, about +17%% prompt time on the demo model (default: on)",
     )
+    p.add_argument(
+        "--exact",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="float32 KV cache and no flash attention: a seeded reply is the same whatever the prompt cache held "
+        "(default: off; uses more memory)",
+    )
     p.add_argument("--max-upload-mb", type=int, help="largest card upload accepted, in MB (default 20)")
     return p
 
@@ -105,6 +113,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         prompt_routing=_bool("prompt_routing", values["prompt_routing"])
         if values["prompt_routing"] is not None
         else True,
+        exact=_bool("exact", values["exact"]) if values["exact"] is not None else False,
         hosted=hosted,
         max_upload_mb=_int("max_upload_mb", values["max_upload_mb"], 20, low=1),
     )

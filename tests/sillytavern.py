@@ -12,9 +12,9 @@ from typing import Any
 
 import httpx
 
-TYPES = ("ooba", "vllm", "aphrodite", "tabby", "koboldcpp", "llamacpp", "ollama")
+TYPES = ("ooba", "vllm", "aphrodite", "tabby", "koboldcpp", "llamacpp", "ollama", "huggingface")
 GENERATE = {"llamacpp": "/completion", "ollama": "/api/generate"}  # the others: /v1/completions
-STATUS = {"tabby": "/v1/model/list", "ollama": "/api/tags"}  # the others: /v1/models
+STATUS = {"tabby": "/v1/model/list", "ollama": "/api/tags", "huggingface": "/info"}  # the others: /v1/models
 TOKENIZE = {  # the "API" tokenizer: path and body for a text (src/endpoints/tokenizers.js)
     "ooba": ("/v1/internal/encode", "text"),
     "tabby": ("/v1/token/encode", "text"),
@@ -101,6 +101,7 @@ def textgen_body(
             p["best_of"] = s["n"]
         else:
             p |= {"temperature_last": s["temperature_last"], "guided_grammar": s["grammar_string"]}
+            p |= {"epsilon_cutoff": s["epsilon_cutoff"], "eta_cutoff": s["eta_cutoff"]}
             p |= {"guided_json": s["json_schema"], "include_stop_str_in_output": False, "early_stopping": False}
     else:
         p |= {
@@ -125,6 +126,9 @@ def textgen_body(
         p["n"] = s["n"]
     if kind == "koboldcpp":
         p["grammar"] = s["grammar_string"]
+    if kind == "huggingface":
+        p |= {"model": "tgi", "top_p": min(max(p["top_p"], 0.0), 0.999), "stop": p["stop"][:4]}
+        p["seed"] = s["seed"] if s["seed"] >= 0 else 123456789
     if "logit_bias" in changed:
         p["logit_bias"] = changed["logit_bias"]
     if kind in ("llamacpp", "ollama"):
@@ -136,7 +140,7 @@ def textgen_body(
             p.pop("grammar_string"), p.pop("grammar")
         else:
             p.pop("json_schema", None)
-    p["stream"] = stream
+    p["stream"] = stream or None  # SillyTavern sets it only to stream
     p = {k: v for k, v in p.items() if v is not None}  # JSON.stringify drops undefined
     if kind == "vllm":
         return {k: v for k, v in p.items() if k in VLLM_KEYS}

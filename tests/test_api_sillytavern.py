@@ -6,6 +6,7 @@ generates, streaming and not, with multi-swipe choices where it asks for them; C
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.test_api import KEY, Server, running_server
 
 PROMPT = "You are Seraphina.\nUser: Hello there!\nSeraphina:"
 N_CTX = 1024
+RECORDED = sorted((Path(__file__).parent / "data" / "sillytavern").glob("*.json"))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def get(server: Server, path: str) -> httpx.Response:
 
 def generate(server: Server, kind: str, body: dict) -> tuple[str, list[str], list[dict]]:
     """(text, extra swipes, events) as SillyTavern reads them, streaming or not."""
-    path = st.GENERATE.get(kind, "/v1/completions")
+    path = "/v1/chat/completions" if kind == "chat" else st.GENERATE.get(kind, "/v1/completions")
     if not body.get("stream"):
         response = post(server, path, body)
         assert response.status_code == 200, response.text
@@ -57,6 +59,9 @@ def test_each_type_connects_and_sees_the_context_length(server, kind):
     response = get(server, st.STATUS.get(kind, "/v1/models"))
     assert response.status_code == 200, response.text
     data = response.json()
+    if kind == "huggingface":  # SillyTavern only needs the answer to be a 200
+        assert data["model_id"] == server.engine.info.path.stem and data["max_total_tokens"] == N_CTX
+        return
     models = data["models"] if kind == "ollama" else data["data"]  # SillyTavern rewraps Ollama's list
     assert [m.get("id", m.get("name")) for m in models] == [server.engine.info.path.stem]
     if kind != "ollama":
@@ -165,6 +170,24 @@ def test_default_type_without_bos_and_with_a_ban(server):
     assert banned not in [t["id"] for t in reply["choices"][0]["moechat"]["routing"]["tokens"]]
     with_bos = post(server, "/v1/completions", st.textgen_body("ooba", PROMPT, max_tokens=1)).json()
     assert reply["usage"]["prompt_tokens"] == with_bos["usage"]["prompt_tokens"] - 1
+
+
+@pytest.mark.parametrize("recorded", RECORDED, ids=[p.stem for p in RECORDED])
+def test_requests_recorded_from_sillytavern_are_answered(server, recorded):
+    """Bodies SillyTavern 1.12.6 sent in tests/test_sillytavern_live.py (its Default presets; the prompt text
+    replaced), replayed with a short length."""
+    kind = recorded.stem.removesuffix("-stream")
+    body = json.loads(recorded.read_text())
+    if kind == "chat":
+        body["messages"] = [{**m, "content": f"{m['role']} says hi"} for m in body["messages"]]
+        body |= {"max_tokens": 8, "seed": 3}
+    elif kind == "ollama":
+        body["prompt"] = PROMPT
+        body["options"] |= {"num_predict": 8, "seed": 3}
+    else:
+        body |= {"prompt": PROMPT, "max_tokens": 8, "max_new_tokens": 8, "n_predict": 8, "seed": 3}
+    text, swipes, _ = generate(server, kind, body)
+    assert text and not swipes
 
 
 # ---- Chat Completion: Custom (OpenAI-compatible) ------------------------------------------------------------

@@ -38,7 +38,13 @@ def routes(access: Access) -> APIRouter:
     async def kobold_abort(request: Request) -> Response:
         return JSONResponse({"success": True, "done": True})
 
+    async def tgi_info(request: Request) -> Response:
+        engine = access.engine()
+        limits = {"max_input_tokens": engine.n_ctx - 1, "max_total_tokens": engine.n_ctx}
+        return JSONResponse({"model_id": model_id(engine), "model_dtype": "gguf", "router": "moechat"} | limits)
+
     router.add_api_route("/v1/internal/model/info", access.guard(ooba_info), methods=["GET"])
+    router.add_api_route("/info", access.guard(tgi_info), methods=["GET"])
     router.add_api_route("/v1/model", access.guard(tabby_model), methods=["GET"])
     router.add_api_route("/v1/model/list", access.guard(tabby_list), methods=["GET"])
     router.add_api_route("/api/extra/true_max_context_length", access.guard(kobold_context), methods=["GET"])

@@ -2,13 +2,13 @@
 
 Families, one module each:
   openai_routes    GET /v1/models, POST /v1/completions, POST /v1/chat/completions (OpenAI, and the Default,
-                   vLLM, Aphrodite, TabbyAPI and KoboldCpp text-completion types)
+                   vLLM, Aphrodite, TabbyAPI, KoboldCpp and HuggingFace text-completion types)
   llamacpp_routes  llama.cpp server's own: POST /completion, GET /props, GET /health
   token_routes     token counting and (de)tokenizing as each server names it: /tokenize, /detokenize,
                    /v1/internal/encode|decode|token-count, /v1/token/encode|decode, /v1/tokenize,
                    /v1/detokenize, /api/extra/tokencount
   info_routes      what other servers say about their model: /v1/internal/model/info, /v1/model,
-                   /v1/model/list, /api/extra/version, /api/extra/true_max_context_length, /api/extra/abort
+                   /v1/model/list, /api/extra/true_max_context_length, /api/extra/abort, /info
   ollama_routes    Ollama's GET /api/tags, /api/version, POST /api/generate (NDJSON)
 GET /v1/health needs no key: {"status": "ok" | "no model", "model": id | null}. Any other path under /v1/
 or /api/ answers 404 with an error body. Requests queue on the engine's lock (with the UI's turns); a

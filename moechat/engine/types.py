@@ -111,6 +111,7 @@ class LoadOptions(TypedDict, total=False):
     n_gpu_layers: int | None
     capture: str
     full_prompt_routing: bool
+    exact: bool
 
 
 @dataclass(frozen=True)
