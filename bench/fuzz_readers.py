@@ -515,20 +515,24 @@ class _FakeEngine:
 
 def api_reader() -> Reader | None:
     """OpenAI-compatible request bodies through FastAPI's TestClient (no model loaded: a valid body ends in
-    503 no_model, an invalid one in 400), then rendered to a prompt with the tiny model's metadata."""
+    503 no_model, an invalid one in 400), then rendered to a prompt with the tiny model's metadata and its
+    samplers mapped."""
     try:
         from fastapi import FastAPI
         from fastapi.testclient import TestClient
 
         from moechat.api import routes as api
         from moechat.api import schema as api_schema
+        from moechat.api.chat_prompt import chat_prompt
+        from moechat.api.samplers import SamplerError, settings
         from moechat.errors import PromptError
+        from moechat.prompt import formats
     except ImportError:
         return None
     app = FastAPI()
     app.include_router(api.api_router(lambda: None))
     client = TestClient(app)  # raises server-side exceptions in the test: an unhandled one is a finding
-    engine = _FakeEngine()
+    info = _FakeEngine().info
 
     def call(case: tuple[str, bytes]) -> None:
         path, raw = case
@@ -538,15 +542,16 @@ def api_reader() -> Reader | None:
             raise AssertionError(f"HTTP {response.status_code}: {body}")
         if response.status_code == 400:
             raise api_schema.ApiError(400, body["error"]["message"])
-        model = api_schema.ChatRequest if path.endswith("chat/completions") else api_schema.CompletionRequest
-        req = api_schema.parse(model, json.loads(raw))
+        chat = path.endswith("chat/completions")
+        req = api_schema.parse(api_schema.ChatRequest if chat else api_schema.CompletionRequest, json.loads(raw))
         if isinstance(req, api_schema.ChatRequest):
-            req.prompt(engine.info.name, engine.info.chat_template)
+            name = req.moechat.format or formats.default_format(info.name, info.chat_template)
+            chat_prompt(req, formats.get_format(name, info.chat_template))
         else:
             req.prompt_text()
-        req.stops()
+        settings(req, "openai", 4096)
 
-    return Reader(api_cases, call, (api_schema.ApiError, PromptError))
+    return Reader(api_cases, call, (api_schema.ApiError, PromptError, SamplerError))
 
 
 def all_readers() -> dict[str, Reader]:
