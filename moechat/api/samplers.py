@@ -16,21 +16,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from moechat.engine.types import SAMPLER_ORDER, Sampling
+from moechat.api.sampler_values import Bias, SamplerError, bias_entries, breakers, order
+from moechat.engine.types import Sampling
 
 Dialect = Literal["openai", "llamacpp", "ollama"]
 SEED_RANGE = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "random"
 MAX_N = 8  # choices per request (run one after another until the parallel engine serves them together)
 MAX_LOGPROBS = 20
-Bias = float | bool
-
-
-class SamplerError(ValueError):
-    """A sampler setting that cannot work: the field (dotted) and what to do."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -73,19 +65,6 @@ UNSUPPORTED: tuple[tuple[tuple[str, ...], object, str], ...] = (
     (("include_stop_str_in_output",), False, "keeping the stop string in the text"),
     (("post_sampling_probs",), False, "probabilities after the sampler chain (they are the model's own)"),
 )
-# names of samplers in the order lists of llama.cpp (`samplers`), text-generation-webui (`sampler_priority`)
-# and KoboldCpp (`sampler_order`, numbers); None: a sampler moechat cannot run (refused unless neutral)
-STAGE_NAMES: dict[str, str | None] = {
-    **{name: name for name in SAMPLER_ORDER},
-    "typ_p": "typical_p", "typ": "typical_p", "typical": "typical_p", "nucleus": "top_p", "temp": "temperature",
-    "repetition_penalty": "penalties", "presence_penalty": "penalties", "frequency_penalty": "penalties",
-    "dynamic_temperature": "temperature", "top_a": None, "tfs": None, "tfs_z": None, "epsilon_cutoff": None,
-    "eta_cutoff": None, "quadratic_sampling": None, "mirostat": None, "encoder_repetition_penalty": None,
-    "no_repeat_ngram": None,
-}  # fmt: skip
-STAGE_CHARS = {"d": "dry", "k": "top_k", "y": "typical_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
-               "x": "xtc", "t": "temperature", "e": "penalties"}  # fmt: skip
-KOBOLD_ORDER = {0: "top_k", 1: None, 2: None, 3: "typical_p", 4: "top_p", 5: "temperature", 6: "penalties"}
 
 
 class SamplerFields(BaseModel):
@@ -214,14 +193,14 @@ def settings(
         dry_base=_first(f.dry_base, default=1.75),
         dry_allowed_length=_first(f.dry_allowed_length, default=2),
         dry_penalty_last_n=_dry_range(f, d),
-        dry_breakers=_breakers(f.dry_sequence_breakers),
+        dry_breakers=breakers(f.dry_sequence_breakers),
         xtc_threshold=_first(f.xtc_threshold, default=0.1),
         xtc_probability=_first(f.xtc_probability, default=0.0),
         logit_bias=_token_bias(f),
         text_bias=_text_bias(f),
         ignore_eos=bool(f.ignore_eos or f.ban_eos_token),
         min_tokens=_first(f.min_tokens, f.min_length, default=0),
-        order=_order(f),
+        order=order(f.samplers, f.sampler_priority, f.sampler_order, f.temperature_last),
         grammar=grammar,
         json_schema=schema,
     )
@@ -314,57 +293,12 @@ def _dynatemp(f: SamplerFields, temperature: float) -> tuple[float, float]:
     return 0.0, temperature
 
 
-def _breakers(value: str | list[str] | None) -> tuple[str, ...]:
-    """DRY's sequence breakers: a list, a JSON array in a string, or a comma-separated list of quoted strings."""
-    if value is None:
-        return Sampling.dry_breakers
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = [part.strip().strip("\"'") for part in value.split(",")]
-        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
-            raise SamplerError("dry_sequence_breakers", "a list of strings (or a JSON array of strings)")
-        value = parsed
-    return tuple(v for v in value if v)
-
-
-def _bias_entries(f: SamplerFields) -> list[tuple[int | str, float]]:
-    """(token id or text, bias) pairs from logit_bias (OpenAI's object or llama.cpp's list; `false` bans)
-    and custom_token_bans ("1,2,3" or a list)."""
-    pairs: list[tuple[int | str, Bias]] = []
-    if isinstance(f.logit_bias, dict):
-        pairs += [(int(k) if k.lstrip("-").isdigit() else k, v) for k, v in f.logit_bias.items()]
-    elif isinstance(f.logit_bias, list):
-        for i, item in enumerate(f.logit_bias):
-            if len(item) != 2 or isinstance(item[0], bool) or not isinstance(item[1], int | float | bool):
-                raise SamplerError(f"logit_bias.{i}", "each entry is [token id or text, bias or false]")
-            key, value = item[0], item[1]
-            if isinstance(key, float):
-                if not key.is_integer():
-                    raise SamplerError(f"logit_bias.{i}", f"token ids are integers, got {key}")
-                key = int(key)
-            pairs.append((key, value if isinstance(value, bool) else float(value)))
-    bans = f.custom_token_bans
-    if isinstance(bans, str):
-        try:
-            bans = [int(x) for x in bans.split(",") if x.strip()]
-        except ValueError as exc:
-            raise SamplerError("custom_token_bans", "comma-separated token ids") from exc
-    pairs += [(tok, False) for tok in bans or []]
-    out: list[tuple[int | str, float]] = []
-    for key, value in pairs:
-        bias = -math.inf if value is False else (0.0 if value is True else float(value))
-        out.append((key, bias))
-    return out
-
-
 def _token_bias(f: SamplerFields) -> tuple[tuple[int, float], ...]:
-    return tuple((k, v) for k, v in _bias_entries(f) if isinstance(k, int))
+    return tuple((k, v) for k, v in bias_entries(f.logit_bias, f.custom_token_bans) if isinstance(k, int))
 
 
 def _text_bias(f: SamplerFields) -> tuple[tuple[str, float], ...]:
-    return tuple((k, v) for k, v in _bias_entries(f) if isinstance(k, str))
+    return tuple((k, v) for k, v in bias_entries(f.logit_bias, f.custom_token_bans) if isinstance(k, str))
 
 
 def _grammar(f: SamplerFields, dialect: Dialect) -> tuple[str | None, str | None]:
@@ -389,41 +323,3 @@ def _grammar(f: SamplerFields, dialect: Dialect) -> tuple[str | None, str | None
     if schema is not None:
         return None, schema if isinstance(schema, str) else json.dumps(schema)
     return grammar, None
-
-
-def _order(f: SamplerFields) -> tuple[str, ...]:
-    """SAMPLER_ORDER with the stages a client listed placed in its order, the unlisted ones where they were;
-    `temperature_last` moves temperature to the end."""
-    listed: list[str] = []
-    if isinstance(f.samplers, str):
-        listed = [STAGE_CHARS.get(c, c) for c in f.samplers]
-    elif f.samplers is not None:
-        listed = [_stage(name, "samplers") for name in f.samplers]
-    elif f.sampler_priority is not None:
-        listed = [_stage(name, "sampler_priority") for name in f.sampler_priority]
-    elif f.sampler_order is not None:
-        for number in f.sampler_order:
-            if number not in KOBOLD_ORDER:
-                raise SamplerError("sampler_order", f"unknown KoboldCpp sampler {number}")
-        listed = [s for s in (KOBOLD_ORDER[number] for number in f.sampler_order) if s]
-    unknown = [s for s in listed if s and s not in SAMPLER_ORDER]
-    if unknown:
-        raise SamplerError("samplers", f"unknown sampler {unknown[0]!r}; known: {', '.join(SAMPLER_ORDER)}")
-    wanted = [s for s in dict.fromkeys(listed) if s]
-    slots = iter(wanted)
-    order = [next(slots) if stage in wanted else stage for stage in SAMPLER_ORDER]
-    if f.temperature_last:
-        order = [s for s in order if s != "temperature"] + ["temperature"]
-    return tuple(order)
-
-
-def _stage(name: str, field: str) -> str:
-    """A sampler's stage name; "" for one moechat cannot run (its settings are checked on their own)."""
-    key = name.strip().lower()
-    for variant in (key, key.replace("-", "_")):
-        if variant in STAGE_NAMES:
-            return STAGE_NAMES[variant] or ""
-    nodash = {k.replace("_", ""): v for k, v in STAGE_NAMES.items()}
-    if key.replace("-", "").replace("_", "") in nodash:
-        return nodash[key.replace("-", "").replace("_", "")] or ""
-    raise SamplerError(field, f"unknown sampler {name!r}")
