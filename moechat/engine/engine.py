@@ -111,7 +111,8 @@ class Engine:
         ctx = _context(model, n_ctx or info.context_length, threads, batch_threads, cap, exact)
         why = "requested" if n_threads else budget.note
         mode = cap.mode if cap else "off"
-        report = LoadReport(gpu, layers if gpu else 0, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note)
+        offloaded = layers if gpu else 0
+        report = LoadReport(gpu, offloaded, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note, ctx.n_ctx())
         engine = cls(info, model, ctx, cap, report, full_prompt_routing)
         engine._overrides = overrides  # llama.cpp keeps the pointer: keep the array alive
         return engine
