@@ -43,3 +43,16 @@ def test_the_key_is_required_and_the_ui_still_serves(server):
     assert status == 401 and error["error"]["message"]
     with urllib.request.urlopen(server + "/", timeout=30) as page:
         assert page.status == 200 and b"<html" in page.read(4096).lower()
+
+
+def test_every_api_family_is_served_beside_the_ui(server):
+    """llama.cpp's, Ollama's and the token routes answer on the app's port too; unknown API paths get an
+    error body, not the UI's bare 404."""
+    status, native = get(server + "/completion", {"prompt": "hi", "n_predict": 3, "temperature": 0}, key="sesame")
+    assert status == 200 and native["stop"] is True and native["tokens_predicted"] == 3
+    assert get(server + "/tokenize", {"content": "hi"}, key="sesame")[1]["tokens"]
+    assert get(server + "/props", key="sesame")[1]["default_generation_settings"]["n_ctx"] == 4096
+    assert get(server + "/api/tags", key="sesame")[1]["models"][0]["name"] == "moe2"
+    for path in ("/api/nothing", "/v1/nothing"):
+        status, error = get(server + path, key="sesame")
+        assert status == 404 and error["error"]["code"] == "unknown_url"
