@@ -149,8 +149,11 @@ class Engine:
     def token_text(self, token: int) -> str:
         """A token's text with control tokens written out ("<|im_end|>"), as chat templates write them."""
         self._check_open()
-        buf = ctypes.create_string_buffer(256)
+        buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, True)
+        if n < 0:  # -n: the length it needs
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, True)
         return buf.raw[: max(n, 0)].decode("utf-8", "replace")
 
     def eog_ids(self) -> list[int]:
