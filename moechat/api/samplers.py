@@ -203,7 +203,10 @@ def settings(
         order=order(f.samplers, f.sampler_priority, f.sampler_order, f.temperature_last),
         grammar=grammar,
         json_schema=schema,
+        banned_strings=tuple(b for b in f.banned_strings or () if b),
     )
+    if s.banned_strings and (grammar or schema):
+        raise SamplerError("banned_strings", "cannot be combined with a grammar or a JSON schema")
     if top_logprobs is not None and not 0 <= top_logprobs <= MAX_LOGPROBS:
         raise SamplerError("logprobs", f"between 0 and {MAX_LOGPROBS}, got {top_logprobs}")
     if top_logprobs is not None:
@@ -236,8 +239,6 @@ def _refuse_unsupported(f: SamplerFields) -> None:
     negative = f.extra("negative_prompt")
     if negative and f.extra("guidance_scale") not in (None, 1, 1.0):
         raise SamplerError("negative_prompt", "classifier-free guidance is not supported; clear it")
-    if f.banned_strings:
-        raise SamplerError("banned_strings", "banning strings is not supported; ban their tokens instead")
     suffix = f.extra("suffix")
     if suffix:
         raise SamplerError("suffix", "inserting text after the completion is not supported")

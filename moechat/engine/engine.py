@@ -22,7 +22,7 @@ import llama_cpp._internals as internals
 import llama_cpp._logger
 import numpy as np
 
-from moechat.engine import cpu_guard
+from moechat.engine import banned, cpu_guard
 from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
 from moechat.engine.sampler import Picker, logprobs
 from moechat.engine.text_release import TextReleaser
@@ -181,6 +181,9 @@ class Engine:
     ) -> Generator[Token, None, None]:
         """Evaluate `prompt` (reusing the cached prefix) and generate; see Token for the records."""
         prompt = list(prompt)
+        if sampling.banned_strings:  # generation that backtracks: streams of its own, stitched
+            yield from banned.without(self.stream, prompt, sampling, cancel)
+            return
         if not prompt:
             raise EngineError("empty prompt: nothing to continue from")
         if len(prompt) + 1 > self.n_ctx:

@@ -44,6 +44,7 @@ class Picker:
         self._eog = np.asarray(eog, dtype=np.int64)
         self._bias = _bias(s, self._n_vocab, self._eog, tokenize)
         self._min_tokens = s.min_tokens
+        self._first_bans = np.asarray(s.first_bans, dtype=np.int64)
         self._grammar = _grammar(model, s)
         try:
             self._chain = _chain(model, s, n_ctx)
@@ -61,6 +62,9 @@ class Picker:
         """The next token for these logits (the model's, untouched), after `generated` tokens; None when
         no token is allowed."""
         biased = logits if self._bias is None else logits + self._bias
+        if generated == 0 and len(self._first_bans):
+            biased = np.array(biased, dtype=np.float32)
+            biased[self._first_bans] = -np.inf
         cand = None
         if generated < self._min_tokens and len(self._eog):
             early = np.array(biased, dtype=np.float32)

@@ -22,10 +22,11 @@ class Sampling:
 
     `repeat_last_n` and `dry_penalty_last_n`: -1 is the whole context, 0 turns the sampler off.
     `logit_bias` adds to token logits (-inf bans), `text_bias` to every token of a text (tokenized by the
-    engine); `grammar` (GBNF) or `json_schema` (JSON text) constrain the output; `ignore_eos` bans the
-    end-of-generation tokens, `min_tokens` bans them until that many tokens were generated; `n_probs` > 0
-    puts the model's own log-probabilities (before any sampler) of the chosen and the n_probs most likely
-    tokens on every generated Token. `order` is the order of the reshaping samplers (SAMPLER_ORDER names).
+    engine); `banned_strings` never appear in the reply (the engine backtracks); `grammar` (GBNF) or
+    `json_schema` (JSON text) constrain the output; `ignore_eos` bans the end-of-generation tokens,
+    `min_tokens` bans them until that many tokens were generated; `n_probs` > 0 puts the model's own
+    log-probabilities (before any sampler) of the chosen and the n_probs most likely tokens on every
+    generated Token. `order` is the order of the reshaping samplers (SAMPLER_ORDER names).
     """
 
     temperature: float = 0.8
@@ -61,6 +62,8 @@ class Sampling:
     min_tokens: int = 0
     n_probs: int = 0
     order: tuple[str, ...] = SAMPLER_ORDER
+    banned_strings: tuple[str, ...] = ()  # never in the reply: generation backtracks (engine/banned.py)
+    first_bans: tuple[int, ...] = ()  # tokens banned as the first generated token only
 
 
 @dataclass(frozen=True, slots=True)
