@@ -36,6 +36,8 @@ def dense_source(seed: int, dtype: Literal["f32", "f16"] = "f32") -> TinySpec:
 WIDE_DENSE = TinySpec(n_experts=0, n_ff=96, seed=4)  # an FFN wider than dense_source(seed)'s: the builder refuses it
 BUILDER_MOE = TinySpec(n_experts=2, seed=5)  # an MoE offered to the builder as a source: refused
 STEERING_DENSE = TinySpec(n_experts=0, seed=31, name="dense")  # stacked twice into an MoE of identical experts
+# the reproducibility tests' quantized model (SHAPES' moe2 and moe2_f16 are the float ones)
+Q8_MOE = TinySpec(n_experts=2, seed=1, n_embd=256, n_ff=512, n_heads=4, n_kv_heads=4, quants=("Q8_0",))
 # widths that are multiples of 256, as llama.cpp's k-quant blocks need
 K_QUANTIZABLE = TinySpec(n_embd=256, n_ff=512, n_heads=4, n_kv_heads=4, n_layers=2, seed=21, name="tiny256")
 # the browser tests' model: big enough to see streaming and heatmaps; greedy replies never end early

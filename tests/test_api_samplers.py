@@ -17,12 +17,8 @@ import numpy as np
 import pytest
 
 from moechat.engine.engine import Engine
-from moechat.gguf.tiny import TinySpec, tiny_vocab, write_tiny_gguf
 from tests.test_api import KEY, Server, running_server
 
-TOKEN_TH = tiny_vocab()[0].index("th")
-REPEATER = TinySpec(n_experts=2, n_experts_used=2, seed=1, favour=TOKEN_TH)  # greedy: "ththth..." forever
-EOS_LOVER = TinySpec(n_experts=2, n_experts_used=2, seed=6, favour=2)  # greedy: </s> at once
 PROMPT = "Once upon a time"
 PLAIN = {"prompt": PROMPT, "temperature": 0, "max_tokens": 24}  # OpenAI defaults: no truncation, no penalties
 SEEDS = range(12)
@@ -35,16 +31,16 @@ def server(tiny_moe_path: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def repeater(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    path = write_tiny_gguf(tmp_path_factory.mktemp("rep") / "repeater.gguf", REPEATER)
-    with Engine.load(path, n_ctx=512) as eng, running_server(eng) as running:
+def repeater(tiny_models: dict[str, Path]) -> Iterator[Server]:
+    """A server whose model's greedy reply is "ththth..." forever."""
+    with Engine.load(tiny_models["thth"], n_ctx=512) as eng, running_server(eng) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def eos_lover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    path = write_tiny_gguf(tmp_path_factory.mktemp("eos") / "eos.gguf", EOS_LOVER)
-    with Engine.load(path, n_ctx=512) as eng, running_server(eng) as running:
+def eos_lover(tiny_models: dict[str, Path]) -> Iterator[Server]:
+    """A server whose model's greedy reply is </s> at once."""
+    with Engine.load(tiny_models["eos"], n_ctx=512) as eng, running_server(eng) as running:
         yield running
 
 

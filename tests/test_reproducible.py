@@ -11,19 +11,19 @@ import pytest
 
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling
-from moechat.gguf.tiny import TinySpec, write_tiny_gguf
+from moechat.gguf.tiny import write_tiny_gguf
+from tests.models import Q8_MOE
 
 SAMPLED = Sampling(temperature=1.0, seed=7, max_tokens=40)
-SPECS = {
-    "f32": TinySpec(n_experts=2, seed=1),
-    "f16": TinySpec(n_experts=2, seed=1, dtype="f16"),
-    "q8_0": TinySpec(n_experts=2, seed=1, n_embd=256, n_ff=512, n_heads=4, n_kv_heads=4, quants=("Q8_0",)),
-}
 
 
-@pytest.fixture(scope="module", params=list(SPECS))
-def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("repro") / f"{request.param}.gguf", SPECS[request.param])
+@pytest.fixture(scope="module", params=["moe2", "moe2_f16", "q8_0"])
+def model(
+    request: pytest.FixtureRequest, tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    if request.param == "q8_0":
+        return write_tiny_gguf(tmp_path_factory.mktemp("repro") / "q8_0.gguf", Q8_MOE)
+    return tiny_models[request.param]
 
 
 def generated(engine: Engine, prompt: list[int], s: Sampling = SAMPLED) -> list[int]:

@@ -26,12 +26,10 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from playwright.sync_api import Browser, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from moechat.api.routes import api_router
 from moechat.engine.engine import Engine
-from tests.app_server import ARGS, CHROMIUM
 
 ST = os.environ.get("MOECHAT_SILLYTAVERN")
 pytestmark = [
@@ -98,14 +96,6 @@ def moechat(tiny_moe_path: Path) -> Iterator[tuple[str, Recorder]]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", recorder
         server.should_exit = True
         thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
