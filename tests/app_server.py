@@ -11,6 +11,10 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -62,3 +66,25 @@ class AppServer:
 
 
 StartApp = Callable[..., AppServer]  # conftest's `app_server(model, data_dir, *app_args, env=…)` fixtures
+
+
+def fill_and_hold(box: Locator, value: str, enter: bool = False) -> None:
+    """Types `value` into a Gradio input and makes sure it stays there. Gradio renders an accordion's controls
+    when it opens and may set a control back to its server-side value a moment after it appeared, undoing what
+    was typed; so this types until the value has held for a second (the first try usually holds)."""
+    from playwright.sync_api import expect
+
+    for _ in range(10):
+        box.fill(value)
+        if enter:
+            box.press("Enter")
+        try:
+            expect(box).not_to_have_value(value, timeout=1_000)
+        except AssertionError:
+            return  # held
+    raise AssertionError(f"the input kept going back to {box.input_value()!r} instead of {value!r}")
+
+
+def set_slider(page: Page, elem_id: str, value: int) -> None:
+    """Sets a gr.Slider through its number box (Enter commits it), as a user would."""
+    fill_and_hold(page.locator(f"#{elem_id} input[type=number]"), str(value), enter=True)

@@ -22,7 +22,7 @@ CHILD = textwrap.dedent(
     committed = Store.open(data)  # a second connection: it sees only what was committed
     character = store.add_character("Mira", {"name": "Mira", "first_mes": "Hello."})
     chat_id = chat.start_chat(store, character.id)
-    options = chat.TurnOptions(sampling=Sampling(temperature=0, max_tokens=100000), format="metharme")
+    options = chat.TurnOptions(sampling=Sampling(temperature=0, max_tokens=100000, ignore_eos=True), format="metharme")
     with Engine.load(model, n_ctx=8192) as engine:
         said = False
         for i, update in enumerate(chat.send(engine, store, chat_id, "Tell me everything.", options)):

@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.gguf.tiny import FLAGSHIP, write_tiny_gguf
-from tests.app_server import ARGS, CHROMIUM, AppServer
+from tests.app_server import ARGS, CHROMIUM, AppServer, set_slider
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 HEATMAP = "#heatmap .js-plotly-plot"
@@ -54,8 +54,7 @@ def wait_idle(page: Page) -> None:
 
 def test_chat_turn_shows_routing_of_all_32_layers_then_a_solo_swipe(page: Page) -> None:
     page.get_by_text("Persona, format and sampling").click()
-    page.locator("#max_tok input[type=number]").fill("16")
-    page.locator("#max_tok input[type=number]").press("Enter")
+    set_slider(page, "max_tok", 16)
     page.locator("#gallery .thumbnail-item", has_text="Captain Juno").first.click()
     expect(page.locator("#char_info")).to_contain_text("Captain Juno")
     wait_idle(page)

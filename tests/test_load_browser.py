@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect
 
-from tests.app_server import StartApp
+from tests.app_server import StartApp, set_slider
 
 pytestmark = [
     pytest.mark.browser,
@@ -36,8 +36,7 @@ def open_session(page: Page, url: str) -> None:
     page.goto(url)
     expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=60_000)
     page.get_by_text("Persona, format and sampling").click()
-    page.locator("#max_tok input[type=number]").fill(str(MAX_TOKENS))
-    page.locator("#max_tok input[type=number]").press("Enter")
+    set_slider(page, "max_tok", MAX_TOKENS)
     page.locator("#gallery .thumbnail-item", has_text="Captain Juno").first.click()
     expect(page.locator("#char_info")).to_contain_text("Captain Juno", timeout=30_000)
 

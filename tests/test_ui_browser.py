@@ -20,7 +20,7 @@ from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.cards.card import Card, card_bytes
 from moechat.gguf.tiny import write_tiny_gguf
-from tests.app_server import AppServer, StartApp
+from tests.app_server import AppServer, StartApp, fill_and_hold, set_slider
 from tests.models import BROWSER_MOE, BROWSER_SECOND_MOE
 
 pytestmark = pytest.mark.browser
@@ -49,8 +49,7 @@ def page(browser: Browser, server: AppServer) -> Iterator[Page]:
 
 def set_max_tokens(page: Page, n: int) -> None:
     page.get_by_text("Persona, format and sampling").click()
-    page.locator("#max_tok input[type=number]").fill(str(n))
-    page.locator("#max_tok input[type=number]").press("Enter")
+    set_slider(page, "max_tok", n)
 
 
 def wait_idle(page: Page) -> None:
@@ -102,8 +101,7 @@ def test_regenerate_and_swipe(page: Page) -> None:
 
 def test_stop_mid_reply(page: Page) -> None:
     page.get_by_label("Greedy (repeatable)").check()
-    page.locator("#max_tok input[type=number]").fill("1024")
-    page.locator("#max_tok input[type=number]").press("Enter")
+    set_slider(page, "max_tok", 1024)
     before = page.get_by_test_id("bot").count()
     send(page, "Tell me a very long story.")
     expect(page.get_by_test_id("bot")).to_have_count(before + 1, timeout=30_000)
@@ -173,7 +171,7 @@ def test_edit_and_delete_a_message(page: Page) -> None:
     users.last.click()
     page.get_by_text("Selected message (click one in the chat)").click()
     expect(page.locator("#edit_box textarea")).not_to_have_value("", timeout=15_000)
-    page.locator("#edit_box textarea").fill("edited by the browser test")
+    fill_and_hold(page.locator("#edit_box textarea"), "edited by the browser test")
     page.locator("#save_edit").click()
     expect(users.last).to_contain_text("edited by the browser test")
     users.last.click()
