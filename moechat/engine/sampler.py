@@ -5,10 +5,11 @@ min-p, XTC and temperature (dynamic when `dynatemp_range` > 0) in `Sampling.orde
 Mirostat replaces the truncation samplers; temperature <= 0 is greedy after the penalties. Samplers left
 at their neutral value are not added, so the default chain is the one moechat always used.
 
-Before the chain, in numpy: logit biases (token bans are -inf), end-of-generation bans (`ignore_eos`,
-`min_tokens`) and the grammar, then the candidates no longer allowed are dropped. The chain thus only
-ever sees allowed tokens, and the grammar is only told of a token it allowed: llama.cpp's grammar throws
-a C++ exception (which ends the process) when it accepts a token it does not allow. When nothing is
+Before the chain, in numpy: logit biases (token bans are -inf) and end-of-generation bans (`ignore_eos`,
+`min_tokens`), then the candidates no longer allowed are dropped. A grammar is applied as llama.cpp
+applies it: the chain draws first, and only when the grammar refuses that token does it draw again among
+the tokens the grammar allows. The grammar is only ever told of a token it allowed: llama.cpp's grammar
+throws a C++ exception (which ends the process) when it accepts a token it does not allow. When nothing is
 allowed any more (a finished grammar with EOS banned), `pick` returns None.
 """
 
@@ -65,37 +66,47 @@ class Picker:
         if generated == 0 and len(self._first_bans):
             biased = np.array(biased, dtype=np.float32)
             biased[self._first_bans] = -np.inf
-        cand = None
+        tries = [biased]
         if generated < self._min_tokens and len(self._eog):
             early = np.array(biased, dtype=np.float32)
             early[self._eog] = -np.inf
-            cand = self._allowed(early)
-        if cand is None:  # min_tokens gives way when only an end token is allowed
-            cand = self._allowed(biased)
-        if cand is None:
-            return None
-        data = cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
-        array = llama_cpp.llama_token_data_array(data=data, size=len(cand), selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(array))
-        if not 0 <= array.selected < array.size:
-            raise SamplingError("the sampler chain selected no token")
-        tok = int(array.data[array.selected].id)  # samplers may move `data` (XTC drops the head)
-        llama_cpp.llama_sampler_accept(self._chain.sampler, tok)
-        if self._grammar is not None:
-            llama_cpp.llama_sampler_accept(self._grammar, tok)
+            tries.insert(0, early)  # min_tokens gives way when only an end token is allowed
+        tok = next((t for t in map(self._draw, tries) if t is not None), None)
+        if tok is not None:
+            llama_cpp.llama_sampler_accept(self._chain.sampler, tok)
+            if self._grammar is not None:
+                llama_cpp.llama_sampler_accept(self._grammar, tok)
         return tok
 
-    def _allowed(self, logits: np.ndarray) -> np.ndarray | None:
+    def _draw(self, logits: np.ndarray) -> int | None:
+        """A token drawn by the chain among those allowed. With a grammar, as llama.cpp does: a draw without
+        it, kept when the grammar allows it, else a draw among the tokens the grammar allows."""
+        cand = _finite(self._candidates(logits))
+        if cand is None:
+            return None
+        tok = self._apply_chain(cand)
+        if self._grammar is None or self._allows(tok):
+            return tok
+        allowed = self._candidates(logits)
+        _apply(self._grammar, allowed)
+        cand = _finite(allowed)
+        return None if cand is None else self._apply_chain(cand)
+
+    def _candidates(self, logits: np.ndarray) -> np.ndarray:
         cand = np.empty(self._n_vocab, TOKEN_DATA)
         cand["id"], cand["logit"], cand["p"] = self._ids, logits, 0.0
-        if self._grammar is not None:
-            data = cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
-            array = llama_cpp.llama_token_data_array(data=data, size=len(cand), selected=-1, sorted=False)
-            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        finite = np.isfinite(cand["logit"])
-        if not finite.all():
-            cand = np.ascontiguousarray(cand[finite])
-        return cand if len(cand) else None
+        return cand
+
+    def _apply_chain(self, cand: np.ndarray) -> int:
+        array = _apply(self._chain.sampler, cand)
+        if not 0 <= array.selected < array.size:
+            raise SamplingError("the sampler chain selected no token")
+        return int(array.data[array.selected].id)  # samplers may move `data` (XTC drops the head)
+
+    def _allows(self, tok: int) -> bool:
+        one = np.array([(tok, 1.0, 0.0)], dtype=TOKEN_DATA)
+        _apply(self._grammar, one)
+        return bool(np.isfinite(one["logit"][0]))
 
     def close(self) -> None:
         self._chain.close()
@@ -105,6 +116,22 @@ class Picker:
         if self._grammar is not None:
             llama_cpp.llama_sampler_free(self._grammar)
             self._grammar = None
+
+
+def _apply(sampler: object, cand: np.ndarray) -> llama_cpp.llama_token_data_array:
+    """Run a llama.cpp sampler over candidates in place; the array as the sampler left it."""
+    data = cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+    array = llama_cpp.llama_token_data_array(data=data, size=len(cand), selected=-1, sorted=False)
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    return array
+
+
+def _finite(cand: np.ndarray) -> np.ndarray | None:
+    """The candidates still allowed (a finite logit), or None when there is none."""
+    finite = np.isfinite(cand["logit"])
+    if not finite.all():
+        cand = np.ascontiguousarray(cand[finite])
+    return cand if len(cand) else None
 
 
 def logprobs(logits: np.ndarray, token: int, n: int) -> Logprobs:
