@@ -3,7 +3,7 @@
 `Choices` is the seam for n > 1: today the choices run one after another on the engine, with seeds seed,
 seed+1, ... (each is exactly what a request with that seed and n = 1 gives); the parallel engine will run
 them side by side behind the same `next()`. Each family of routes renders the (choice, Token) pairs in its
-own shape: a whole answer (`collect`) or server-sent events (`respond` with a stream of strings).
+own shape: a whole answer (`collect`) or a stream (`events` rendered into an `EngineStream`).
 """
 
 from __future__ import annotations
