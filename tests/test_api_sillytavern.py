@@ -250,3 +250,15 @@ def test_tabby_key_header_and_unknown_routes_get_error_bodies(server):
         response = httpx.request(method, f"{server.url}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
         assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
     assert httpx.get(f"{server.url}/v1/model", timeout=10).status_code == 401
+
+
+def test_ollama_templated_prompts_and_json_format(server):
+    schema = {"type": "string", "enum": ["yes", "no"]}
+    body = {"model": "x", "prompt": "Yes or no?", "system": "Answer.", "raw": False, "stream": False,
+            "format": schema, "options": {"num_predict": 20, "seed": 1, "temperature": 1.0}}  # fmt: skip
+    reply = post(server, "/api/generate", body).json()
+    assert json.loads(reply["response"]) in ("yes", "no") and reply["done_reason"] == "stop"
+    raw = post(server, "/api/generate", {**body, "raw": True, "format": None}).json()
+    assert raw["prompt_eval_count"] < reply["prompt_eval_count"]  # the template's wrapping, not in a raw prompt
+    refused = post(server, "/api/generate", {**body, "images": ["aGk="]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "images"
