@@ -69,3 +69,10 @@ def test_prompt_routing_flag_and_env():
     assert load_settings(["--no-prompt-routing"], {}).prompt_routing is False
     assert load_settings([], {"MOECHAT_PROMPT_ROUTING": "off"}).prompt_routing is False
     assert load_settings(["--prompt-routing"], {"MOECHAT_PROMPT_ROUTING": "0"}).prompt_routing is True
+
+
+def test_exact_mode_from_flag_or_environment():
+    assert load_settings([], {}).exact is False
+    assert load_settings(["--exact"], {}).exact is True
+    assert load_settings([], {"MOECHAT_EXACT": "on"}).exact is True
+    assert load_settings(["--no-exact"], {"MOECHAT_EXACT": "1"}).exact is False
