@@ -1,5 +1,7 @@
 """Lore activation (docs/formats.md §2.6): SillyTavern's rules, one table of hand-derived cases per rule."""
 
+import re
+import threading
 import time
 from typing import Any
 
@@ -8,6 +10,7 @@ import pytest
 from moechat.cards.lore_scan import LoreSettings, Selection, scan
 from moechat.cards.lorebook import Lorebook, read_lorebook
 from moechat.cards.lorebook_decorators import parse_decorators
+from moechat.cards.lorebook_keys import regex_matches
 from moechat.cards.macros import substitute
 from moechat.cards.world_info import book_rules
 from moechat.errors import CardError
@@ -354,3 +357,23 @@ def test_lorebook_roundtrip_keeps_unknown_fields() -> None:
 def test_bad_lorebooks_raise_card_error(bad: Any) -> None:
     with pytest.raises(CardError):
         read_lorebook(bad)
+
+
+def test_regex_worker_answers_each_thread_its_own_question() -> None:
+    # backtracking patterns go to the one shared worker process: questions from many threads at once must
+    # each get their own answer (a shared pipe without a lock hands one thread another's answer)
+    cases = [(re.compile(rf"x{i}.*y{i}"), f"x{i} then y{i}" if i % 2 else f"x{i} then z", i % 2 == 1) for i in range(8)]
+    wrong: list[str] = []
+
+    def ask(case: tuple[re.Pattern[str], str, bool]) -> None:
+        regex, text, expected = case
+        for _ in range(40):
+            if regex_matches(regex, text, timeout=5) != expected:
+                wrong.append(regex.pattern)
+
+    threads = [threading.Thread(target=ask, args=(case,)) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong

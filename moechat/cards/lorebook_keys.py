@@ -3,7 +3,8 @@
 Python's `re` cannot be interrupted, so a pattern that could backtrack (an unbounded repeat or a
 backreference) is evaluated in a small `python -I -S` worker process that is killed when it runs past
 the time limit; such a key then counts as "no match". Patterns without unbounded repeats run
-in-process (they cannot blow up). An invalid pattern matches nothing.
+in-process (they cannot blow up). An invalid pattern matches nothing. The worker is shared by every thread
+(replies are built for several visitors at once): one question at a time, under a lock.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re._parser as sre_parse
 import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -23,6 +25,7 @@ REGEX_TIMEOUT_S = 0.25
 MAX_PATTERN_CHARS = 1000
 SLASH_KEY = re.compile(r"^/(.+)/([a-z]*)$", re.DOTALL)
 _worker: subprocess.Popen[bytes] | None = None
+_worker_lock = threading.Lock()  # a question and its answer travel through one pipe pair
 _WORKER = """import json, re, sys
 for line in sys.stdin.buffer:
     pattern, text, flags = json.loads(line)
@@ -112,6 +115,11 @@ def _op_is_linear(op: object, arg: Any) -> bool:
 
 
 def _bounded_search(regex: re.Pattern[str], text: str, timeout: float) -> bool:
+    with _worker_lock:
+        return _ask_worker(regex, text, timeout)
+
+
+def _ask_worker(regex: re.Pattern[str], text: str, timeout: float) -> bool:
     global _worker
     if _worker is None or _worker.poll() is not None:
         _worker = subprocess.Popen(
