@@ -1,11 +1,14 @@
 """llama.cpp through llama-cpp-python's lower layers: load a GGUF MoE, tokenize, and stream Tokens that
-carry the router's decision at every layer. The only module (with capture.py) touching llama_cpp.
+carry the router's decision at every layer. With capture.py and scheduler.py, the only code touching llama_cpp.
 
-One context is never driven by two threads: a stream holds the engine's lock for its whole life, and
-abandoning the generator releases it. The KV cache is reused for the longest common token prefix, and the
-last prompt token is always evaluated on its own, cached prefix or not: llama.cpp's numerics depend on the
-batch size, so the first generated token's logits come from the same computation either way, and the same
-request with the same seed gives the same text whatever the cache held before (see README, "Reproducible").
+One context serves `n_parallel` streams at once: scheduler.py's thread decodes them together (continuous
+batching), each in its own sequence of the KV cache, which is reused for the longest common token prefix.
+Further streams wait for a free sequence; abandoning a stream's generator frees its sequence. The last prompt
+token is always evaluated in a step after the rest of the prompt, cached prefix or not: llama.cpp's numerics
+depend on the batch size, so, for a stream running alone, the first generated token's logits come from the
+same computation either way, and the same request with the same seed gives the same text whatever the cache
+held before (see README, "Reproducible"). Streams batched together share their steps, so their numerics
+depend on what else runs (float32 models: to about 1e-6).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import llama_cpp
@@ -23,21 +27,22 @@ import llama_cpp._logger
 import numpy as np
 
 from moechat.engine import banned, cpu_guard
+from moechat.engine.batch_layout import BatchLayout
 from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
-from moechat.engine.sampler import Picker, logprobs
-from moechat.engine.text_release import TextReleaser
+from moechat.engine.job import router_routing, tokens
+from moechat.engine.sampler import Picker
+from moechat.engine.scheduler import ROUTER_KIND, Scheduler, Tap
 from moechat.engine.threads import this_machine
-from moechat.engine.types import LoadReport, Sampling, TemplateTokens, Token
+from moechat.engine.types import LoadReport, Occupancy, Sampling, TemplateTokens, Token, Waiting
 from moechat.errors import EngineError
 from moechat.gguf.info import ModelInfo, open_reader, read_info, require_stacked, token_embedding
-from moechat.routing.metrics import Routing, from_logits
 
-ROUTER_KIND = "ffn_moe_logits"
+MAX_PARALLEL = 64  # sequences in one context (llama.cpp allows up to 256)
 llama_cpp._logger.logger.setLevel(logging.ERROR)  # llama.cpp's load chatter stays out of the terminal
 
 
 class Engine:
-    """A loaded model and its one llama.cpp context."""
+    """A loaded model and its one llama.cpp context, shared by up to `n_parallel` streams at once."""
 
     def __init__(
         self,
@@ -47,20 +52,33 @@ class Engine:
         capture: FastCapture | PythonCapture | None,
         report: LoadReport,
         full_prompt_routing: bool,
+        n_ctx: int,
     ) -> None:
         self.info, self._model, self._capture, self.report = info, model, capture, report
         self._ctx: internals.LlamaContext | None = ctx  # None once closed
         self._overrides: ctypes.Array | None = None  # llama.cpp keeps a pointer to the load's kv overrides
         self.full_prompt_routing = full_prompt_routing
-        self.n_ctx = ctx.n_ctx()
+        self.n_ctx = n_ctx  # per sequence
+        self.n_parallel = report.n_parallel
         self.n_batch = ctx.params.n_batch
-        self._lock = threading.Lock()
-        self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)  # probes
         self._pieces: dict[int, bytes] = {}
         self._eog: list[int] | None = None  # end-of-generation token ids, listed on first use
-        self._kv: list[int] = []  # token ids whose keys/values are in the cache, by position
-        shape = (self.n_ctx, info.n_layers, max(info.n_experts, 1))
-        self._router_logits = np.full(shape, np.nan, np.float32)  # routing of every cached position
+        self._scheduler = Scheduler(
+            ctx,
+            n_slots=self.n_parallel,
+            n_ctx=n_ctx,
+            n_batch=self.n_batch,
+            n_layers=info.n_layers,
+            n_experts=info.n_experts,
+            capture=capture,
+            full_prompt_routing=full_prompt_routing,
+            n_vocab=model.n_vocab(),
+            piece=self.piece,
+            is_end=lambda tok: bool(llama_cpp.llama_vocab_is_eog(model.vocab, tok)),
+        )
+        routed = capture is not None and info.is_moe
+        self._routing = router_routing(info.n_experts_used) if routed else None
         if capture is not None:
             capture.set_kinds([ROUTER_KIND])
 
@@ -77,8 +95,11 @@ class Engine:
         allow_dense: bool = False,
         exact: bool = False,
         experts_used: int | None = None,
+        n_parallel: int = 1,
     ) -> Engine:
         """Load a GGUF. n_gpu_layers None = all layers when the build can offload, else 0.
+
+        n_parallel: streams generated together (continuous batching), each with a context of n_ctx tokens.
 
         capture: "auto" (compiled callback, falling back to Python), "fast", "python" or "off".
         exact: float32 KV cache and attention, for comparisons with other implementations.
@@ -86,6 +107,8 @@ class Engine:
         full_prompt_routing: request outputs for every prompt token so the last layer's routing exists
         for prompt tokens too (llama.cpp drops rows without outputs before the last FFN).
         """
+        if not 1 <= n_parallel <= MAX_PARALLEL:
+            raise EngineError(f"n_parallel must be 1..{MAX_PARALLEL}, got {n_parallel}")
         info = read_info(path, allow_dense=allow_dense)
         require_stacked(info)  # llama.cpp no longer loads pre-2024 split-expert files: say how to upgrade them
         if experts_used is not None:
@@ -108,12 +131,15 @@ class Engine:
         except ValueError as exc:
             raise EngineError(f"llama.cpp could not load {info.path.name}: {exc}") from exc
         cap = make_capture(capture)
-        ctx = _context(model, n_ctx or info.context_length, threads, batch_threads, cap, exact)
+        n_ctx = n_ctx or info.context_length
+        ctx = _context(model, n_ctx, n_parallel, threads, batch_threads, cap, exact)
         why = "requested" if n_threads else budget.note
         mode = cap.mode if cap else "off"
         offloaded = layers if gpu else 0
-        report = LoadReport(gpu, offloaded, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note, ctx.n_ctx())
-        engine = cls(info, model, ctx, cap, report, full_prompt_routing)
+        report = LoadReport(
+            gpu, offloaded, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note, n_ctx, n_parallel
+        )
+        engine = cls(info, model, ctx, cap, report, full_prompt_routing, n_ctx)
         engine._overrides = overrides  # llama.cpp keeps the pointer: keep the array alive
         return engine
 
@@ -179,117 +205,47 @@ class Engine:
     def stream(
         self, prompt: Sequence[int], sampling: Sampling = Sampling(), cancel: threading.Event | None = None
     ) -> Generator[Token, None, None]:
-        """Evaluate `prompt` (reusing the cached prefix) and generate; see Token for the records."""
-        prompt = list(prompt)
+        """Evaluate `prompt` (reusing a cached prefix) and generate; see Token for the records. Waits for a free
+        sequence when `n_parallel` streams are running; abandoning the generator frees its sequence."""
         if sampling.banned_strings:  # generation that backtracks: streams of its own, stitched
-            yield from banned.without(self.stream, prompt, sampling, cancel)
+            yield from banned.without(self.stream, list(prompt), sampling, cancel)
             return
+        for item in self._stream(prompt, sampling, cancel, report_waiting=False):
+            if isinstance(item, Token):
+                yield item
+
+    def stream_waiting(
+        self, prompt: Sequence[int], sampling: Sampling = Sampling(), cancel: threading.Event | None = None
+    ) -> Generator[Token | Waiting, None, None]:
+        """As `stream`, with a Waiting(place) record while the request waits for a free sequence."""
+        if sampling.banned_strings:
+            yield from self.stream(prompt, sampling, cancel)
+            return
+        yield from self._stream(prompt, sampling, cancel, report_waiting=True)
+
+    def _stream(
+        self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event | None, report_waiting: bool
+    ) -> Generator[Token | Waiting, None, None]:
+        prompt = list(prompt)
         if not prompt:
             raise EngineError("empty prompt: nothing to continue from")
         if len(prompt) + 1 > self.n_ctx:
             raise EngineError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
-        with self._lock:
-            self._check_open()
-            picker = Picker(self._model, sampling, self.n_ctx, self.eog_ids(), self._text_ids)
-            try:
-                reused = self._evaluate_prompt(prompt)
-                picker.feed(prompt)
-                text = TextReleaser(())
-                for pos, tok in enumerate(prompt):
-                    piece = self.piece(tok)
-                    released = text.feed(piece)[0] + (text.flush() if pos == len(prompt) - 1 else "")
-                    yield Token(pos, tok, released, piece, self._routing_at(pos), prompt=True, cached=pos < reused)
-                yield from self._generate(sampling, picker, cancel)
-            finally:
-                picker.close()
-
-    def _evaluate_prompt(self, prompt: list[int]) -> int:
-        """Bring the cache to `prompt`: keep the common prefix, evaluate the rest but the last token in
-        batches, then the last token alone (so its logits never depend on what was cached)."""
-        keep = _common_prefix(self._kv, prompt)
-        keep = min(keep, len(prompt) - 1)
-        self._truncate(keep)
-        all_outputs = self.full_prompt_routing and self._capture is not None
-        self._decode(prompt[keep:-1], all_outputs=all_outputs)
-        self._decode(prompt[-1:], all_outputs=all_outputs)
-        return keep
+        self._check_open()
+        picker = Picker(self._model, sampling, self.n_ctx, self.eog_ids(), self._text_ids)
+        picker.feed(prompt)
+        job = self._scheduler.submit(prompt, sampling, cancel, picker)
+        try:
+            yield from tokens(job, self.piece, self._routing, report_waiting)
+        finally:
+            self._scheduler.abandon(job)
 
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenize(text, add_bos=False, special=False)
 
-    def _logits(self) -> np.ndarray:
-        """The last evaluated token's logits (a view of llama.cpp's buffer)."""
-        ptr = llama_cpp.llama_get_logits_ith(self._open_ctx().ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self._model.n_vocab(),))
-
-    def _generate(self, s: Sampling, picker: Picker, cancel: threading.Event | None) -> Iterator[Token]:
-        text = TextReleaser(s.stop)
-        for i in range(s.max_tokens):
-            if cancel is not None and cancel.is_set():
-                yield Token(len(self._kv), -1, text.flush(), b"", None, finish="cancelled")
-                return
-            logits = self._logits()
-            tok = picker.pick(logits, i)
-            if tok is None:  # nothing is allowed any more (a finished grammar whose end is banned)
-                yield Token(len(self._kv), -1, text.flush(), b"", None, finish="stop")
-                return
-            probs = logprobs(logits, tok, s.n_probs) if s.n_probs > 0 else None
-            pos, piece = len(self._kv), self.piece(tok)
-            if llama_cpp.llama_vocab_is_eog(self._model.vocab, tok):
-                yield Token(pos, tok, text.flush(), piece, None, finish="eos", logprobs=probs)
-                return
-            released, stopped = text.feed(piece)
-            last = stopped or i == s.max_tokens - 1 or pos + 1 >= self.n_ctx
-            if not last or self._capture is not None:  # the last token is read back only for its routing
-                self._decode([tok], all_outputs=False)
-            finish = "stop" if stopped else ("length" if last else None)
-            if last and not stopped:
-                released += text.flush()
-            routing = self._routing_at(pos) if pos < len(self._kv) else None
-            yield Token(pos, tok, released, piece, routing, finish=finish, logprobs=probs)
-            if last:
-                return
-
-    # ---- llama.cpp calls --------------------------------------------------------------------------------
-    def _decode(self, tokens: list[int], all_outputs: bool) -> None:
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            pos = len(self._kv)
-            self._batch.set_batch(chunk, n_past=pos, logits_all=all_outputs)
-            rc = llama_cpp.llama_decode(self._open_ctx().ctx, self._batch.batch)
-            if rc != 0:
-                self._truncate(pos)
-                raise EngineError(f"llama_decode failed with status {rc} at position {pos}")
-            self._kv.extend(chunk)
-            if self._capture is not None:
-                self._store_routing(self._capture.take(), pos, len(chunk), all_outputs)
-
-    def _store_routing(self, captured: list[Captured], pos: int, n: int, all_outputs: bool) -> None:
-        by_layer: dict[int, list[np.ndarray]] = {}
-        for c in captured:
-            by_layer.setdefault(c.layer, []).append(c.values)
-        last = self.info.n_layers - 1
-        for layer, parts in by_layer.items():
-            rows = np.concatenate(parts)
-            if len(rows) == n:
-                self._router_logits[pos : pos + n, layer] = rows
-            elif layer == last and not all_outputs and len(rows) == 1:  # only the final row was kept
-                self._router_logits[pos + n - 1, layer] = rows[0]
-            else:
-                raise EngineError(f"routing capture: layer {layer} gave {len(rows)} rows for {n} tokens")
-
-    def _routing_at(self, pos: int) -> Routing | None:
-        if self._capture is None or not self.info.is_moe:
-            return None
-        probs, experts = from_logits(self._router_logits[pos], self.info.n_experts_used)
-        experts[np.isnan(probs[:, 0])] = -1  # a layer whose routing was not observed
-        return Routing(probs, experts)
-
-    def _truncate(self, n: int) -> None:
-        if n < len(self._kv):
-            self._open_ctx().kv_cache_seq_rm(0, n, -1)
-            del self._kv[n:]
-            self._router_logits[n:] = np.nan
+    def occupancy(self) -> Occupancy:
+        """Sequences busy and requests waiting right now."""
+        return self._scheduler.occupancy()
 
     def _check_open(self) -> None:
         self._open_ctx()
@@ -306,16 +262,16 @@ class Engine:
         tensors named `kind` or `kind-<layer>` as {kind: {layer: [rows, values]}} (rows = tokens)."""
         if self._capture is None:
             raise EngineError("capture is off for this model; load it with capture='auto'")
-        with self._lock:
+        with self._scheduler.exclusive():
             self._check_open()
-            self._truncate(0)
+            self._scheduler.forget(0)
             self._capture.set_kinds(list(kinds))
             try:
                 self._batch_probe(list(tokens))
                 captured = self._capture.take()
             finally:
                 self._capture.set_kinds([ROUTER_KIND])
-                self._truncate(0)
+                self._open_ctx().kv_cache_seq_rm(0, 0, -1)
         out: dict[str, dict[int, list[np.ndarray]]] = {}
         for c in captured:
             out.setdefault(c.kind, {}).setdefault(c.layer, []).append(c.values)
@@ -327,7 +283,6 @@ class Engine:
             self._batch.set_batch(chunk, n_past=start, logits_all=True)
             if llama_cpp.llama_decode(self._open_ctx().ctx, self._batch.batch) != 0:
                 raise EngineError("llama_decode failed while probing")
-            self._kv.extend(chunk)
 
     def hidden_states(self, tokens: Sequence[int]) -> np.ndarray:
         """The residual stream entering each layer at the last token: float32 [n_layers, n_embd]."""
@@ -336,37 +291,57 @@ class Engine:
         rows = [embedding] + [got["l_out"][i][-1] for i in range(self.info.n_layers - 1)]
         return np.stack(rows).astype(np.float32)
 
+    @contextmanager
+    def watch(
+        self, kinds: Sequence[str] = (), on_call: Tap | None = None
+    ) -> Iterator[list[tuple[BatchLayout, list[Captured]]]]:
+        """Capture the graph tensors `kinds` (e.g. "ffn_moe_topk", "embd") beside the routing in every decode
+        call of the streams run inside the block: the list fills with (batch layout, captured tensors) per call.
+        `on_call(layout, captured)` runs in the decoding thread after each call (decoding waits for it)."""
+        if self._capture is None:
+            raise EngineError("capture is off for this model; load it with capture='auto'")
+        seen: list[tuple[BatchLayout, list[Captured]]] = []
+
+        def tap(layout: BatchLayout, captured: list[Captured]) -> None:
+            seen.append((layout, captured))
+            if on_call is not None:
+                on_call(layout, captured)
+
+        with self._scheduler.exclusive():
+            self._capture.set_kinds([ROUTER_KIND, *kinds])
+            self._scheduler.tap = tap
+        try:
+            yield seen
+        finally:
+            with self._scheduler.exclusive():
+                self._scheduler.tap = None
+                if self._ctx is not None:  # closed inside the block: the capture is gone
+                    self._capture.set_kinds([ROUTER_KIND])
+
     def clear(self) -> None:
-        """Forget the cached prompt: the next stream evaluates every token."""
-        with self._lock:
+        """Forget the cached prompts: the next streams evaluate every token."""
+        with self._scheduler.exclusive():
             self._check_open()
-            self._truncate(0)
+            self._scheduler.forget()
 
     def close(self) -> None:
-        """Free the context and model; waits for a running stream to finish or be abandoned."""
-        with self._lock:
-            if self._ctx is not None:
-                self._batch.close()
-                self._ctx.close()
-                self._model.close()
-                if self._capture is not None:
-                    self._capture.close()
-                self._ctx = None
+        """Free the context and model once running streams finish or are abandoned; waiting ones fail at once."""
+        self._scheduler.close(self._free)
+
+    def _free(self) -> None:
+        if self._ctx is not None:
+            self._batch.close()
+            self._ctx.close()
+            self._model.close()
+            if self._capture is not None:
+                self._capture.close()
+            self._ctx = None
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _overrides(values: dict[str, int]) -> ctypes.Array | None:
@@ -384,13 +359,16 @@ def _overrides(values: dict[str, int]) -> ctypes.Array | None:
 def _context(
     model: internals.LlamaModel,
     n_ctx: int,
+    n_seq: int,
     threads: int,
     batch_threads: int,
     cap: FastCapture | PythonCapture | None,
     exact: bool,
 ) -> internals.LlamaContext:
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx
+    params.n_ctx = n_ctx * n_seq
+    params.n_seq_max = n_seq
+    params.kv_unified = True  # one micro-batch per decode in batch order: see batch_layout.py
     params.n_batch = params.n_ubatch = min(512, n_ctx)
     params.n_threads, params.n_threads_batch = threads, batch_threads
     if exact:  # float32 KV cache and no flash attention (whose CPU path rounds Q to f16)
@@ -402,4 +380,4 @@ def _context(
     try:
         return internals.LlamaContext(model=model, params=params, verbose=False)
     except ValueError as exc:
-        raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens: {exc}") from exc
+        raise EngineError(f"llama.cpp could not create a context of {n_seq} x {n_ctx} tokens: {exc}") from exc

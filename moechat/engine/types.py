@@ -106,6 +106,22 @@ class TemplateTokens(NamedTuple):
     ends: tuple[str, ...]  # the other end-of-generation tokens ("<|im_end|>", "<|eot_id|>"...)
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A request that waits for a free sequence slot: `place` 1 is next (Engine.stream_waiting yields these)."""
+
+    place: int
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """How busy an engine is: sequence slots generating or reading a prompt, and requests waiting for one."""
+
+    slots: int
+    busy: int
+    waiting: int
+
+
 class LoadOptions(TypedDict, total=False):
     """Engine.load's settings that the app applies to every model it loads (and to their steered variants)."""
 
@@ -115,6 +131,7 @@ class LoadOptions(TypedDict, total=False):
     capture: str
     full_prompt_routing: bool
     exact: bool
+    n_parallel: int
 
 
 @dataclass(frozen=True)
@@ -128,3 +145,4 @@ class LoadReport:
     cpu_extra_buffers: bool = True  # ggml's extra CPU buffer types (AMX, repacking): see engine/cpu_guard.py
     cpu_note: str = ""  # why cpu_extra_buffers
     n_ctx: int = 0  # the context in tokens: prompt and reply together (what API clients must stay under)
+    n_parallel: int = 1  # sequences generated together in one context, each with n_ctx tokens
