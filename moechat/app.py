@@ -33,6 +33,7 @@ def load_model(settings: Settings):
         "capture": settings.capture,
         "full_prompt_routing": settings.prompt_routing,
         "exact": settings.exact,
+        "n_parallel": settings.parallel,
     }
     return ModelSlot(Engine.load(resolved.path, **options), options, cache_dir=settings.data_dir / "steering")
 
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = slot.get()
     print(
         f"moechat: {engine.info.name} ({engine.info.n_experts} experts) on http://{settings.host}:{settings.port}, "
-        f"{engine.report.n_threads} CPU threads ({engine.report.threads_note})",
+        f"{engine.report.n_threads} CPU threads ({engine.report.threads_note}), "
+        f"{settings.parallel} {'reply' if settings.parallel == 1 else 'replies'} at once",
         file=sys.stderr,
     )
     try:

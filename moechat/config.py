@@ -19,6 +19,7 @@ from moechat.errors import ConfigError
 
 CAPTURE_MODES = ("auto", "fast", "python", "off")
 ENV_PREFIX = "MOECHAT_"
+DEFAULT_PARALLEL, DEFAULT_PARALLEL_HOSTED, MAX_PARALLEL = 1, 4, 64
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
@@ -39,6 +40,7 @@ class Settings:
     exact: bool = False  # float32 KV cache, no flash attention: replies independent of the prompt cache
     hosted: bool = False  # one owner per browser instead of one local user
     max_upload_mb: int = 20
+    parallel: int = 1  # replies generated at once (continuous batching), each with n_ctx tokens of context
 
 
 def default_data_dir(env: Mapping[str, str], hosted: bool) -> Path:
@@ -90,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: off; uses more memory)",
     )
     p.add_argument("--max-upload-mb", type=int, help="largest card upload accepted, in MB (default 20)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        help="replies generated at once, batched in one context with --n-ctx tokens each; more visitors wait "
+        f"in a queue (default {DEFAULT_PARALLEL}, or {DEFAULT_PARALLEL_HOSTED} when hosted; at most {MAX_PARALLEL})",
+    )
     return p
 
 
@@ -116,6 +124,13 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         exact=_bool("exact", values["exact"]) if values["exact"] is not None else False,
         hosted=hosted,
         max_upload_mb=_int("max_upload_mb", values["max_upload_mb"], 20, low=1),
+        parallel=_int(
+            "parallel",
+            values["parallel"],
+            DEFAULT_PARALLEL_HOSTED if hosted else DEFAULT_PARALLEL,
+            low=1,
+            high=MAX_PARALLEL,
+        ),
     )
 
 

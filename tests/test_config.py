@@ -36,6 +36,10 @@ def test_defaults() -> None:
         (["--hosted", "--host", "10.0.0.1"], {}, "host", "10.0.0.1"),
         ([], {"MOECHAT_MAX_UPLOAD_MB": "5"}, "max_upload_mb", 5),
         (["--n-ctx", "2048", "--threads", "3"], {}, "n_ctx", 2048),
+        ([], {}, "parallel", 1),
+        ([], {"SPACE_ID": "me/moechat"}, "parallel", 4),
+        (["--hosted"], {"MOECHAT_PARALLEL": "8"}, "parallel", 8),
+        (["--parallel", "2"], {"MOECHAT_PARALLEL": "8"}, "parallel", 2),
     ],
 )
 def test_precedence(argv: list[str], env: dict[str, str], field: str, expected: object) -> None:
@@ -50,6 +54,8 @@ def test_precedence(argv: list[str], env: dict[str, str], field: str, expected: 
         ({"MOECHAT_SHARE": "maybe"}, "MOECHAT_SHARE"),
         ({"MOECHAT_CAPTURE": "turbo"}, "auto, fast, python, off"),
         ({"MOECHAT_N_CTX": "10"}, "at least 256"),
+        ({"MOECHAT_PARALLEL": "0"}, "--parallel / MOECHAT_PARALLEL must be between 1 and 64"),
+        ({"MOECHAT_PARALLEL": "65"}, "between 1 and 64"),
     ],
 )
 def test_bad_values(env: dict[str, str], needle: str) -> None:
@@ -61,7 +67,7 @@ def test_help_lists_every_option() -> None:
     text = build_parser().format_help()
     for flag in ("--model", "--host", "--port", "--share", "--data-dir", "--n-gpu-layers", "--n-ctx", "--threads"):
         assert flag in text
-    assert "--capture" in text and "--hosted" in text and "--max-upload-mb" in text
+    assert "--capture" in text and "--hosted" in text and "--max-upload-mb" in text and "--parallel" in text
 
 
 def test_prompt_routing_flag_and_env():
