@@ -134,12 +134,12 @@ LONG = {"prompt": "aaaa", "max_tokens": 2000, **GREEDY}  # greedy: 2000 tokens w
 
 
 def released(engine: Engine) -> int:
-    """Wait for the engine's lock to be free; the number of tokens then in its cache."""
+    """Wait for the engine to have no stream running; the number of tokens then in its cache."""
     deadline = time.monotonic() + 10
-    while engine._lock.locked() and time.monotonic() < deadline:
+    while engine.occupancy().busy and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not engine._lock.locked(), "the engine is still held by a request nobody waits for"
-    return len(engine._kv)
+    assert not engine.occupancy().busy, "the engine is still generating for a request nobody waits for"
+    return max(engine.cached_tokens())
 
 
 def test_a_client_leaving_mid_stream_stops_its_generation(server):
@@ -163,9 +163,9 @@ def test_a_client_giving_up_on_a_whole_answer_stops_its_generation(server):
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.encode() + body)
         deadline = time.monotonic() + 10
-        while len(server.engine._kv) < 8 and time.monotonic() < deadline:  # prompt read, reply under way
+        while max(server.engine.cached_tokens()) < 8 and time.monotonic() < deadline:  # prompt read, reply under way
             time.sleep(0.002)
-        assert server.engine._lock.locked(), "the answer should still be generating"
+        assert server.engine.occupancy().busy, "the answer should still be generating"
     assert released(server.engine) < LONG["max_tokens"]  # cancelled: it never reached max_tokens
     assert complete(server, max_tokens=4).usage.completion_tokens == 4
 

@@ -247,6 +247,10 @@ class Engine:
         """Sequences busy and requests waiting right now."""
         return self._scheduler.occupancy()
 
+    def cached_tokens(self) -> list[int]:
+        """How many tokens each sequence has in the KV cache right now (a later prompt may reuse them)."""
+        return self._scheduler.cached_tokens()
+
     def _check_open(self) -> None:
         self._open_ctx()
 

@@ -144,6 +144,9 @@ class Scheduler:
             busy = sum(s.job is not None for s in self._slots)
             return Occupancy(self.n_slots, busy, len(self._waiting))
 
+    def cached_tokens(self) -> list[int]:
+        return [len(slot.kv) for slot in self._slots]
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """The context to the caller alone: waits until no sequence is running and admits none until the end."""

@@ -132,6 +132,7 @@ class LoadOptions(TypedDict, total=False):
     full_prompt_routing: bool
     exact: bool
     n_parallel: int
+    exact: bool
 
 
 @dataclass(frozen=True)
