@@ -17,7 +17,7 @@ from moechat.cards import macros
 from moechat.cards.card import Card, card_from_json
 from moechat.cards.world_info import Rule, parse_lore
 from moechat.engine.engine import Engine
-from moechat.engine.types import Sampling, Token
+from moechat.engine.types import Sampling, Token, Waiting
 from moechat.errors import StoreError
 from moechat.prompt import formats
 from moechat.prompt.assemble import AuthorsNote, Message, Persona, Prompt, Report
@@ -64,6 +64,7 @@ class Update:
     prompt_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
     finish: str | None = None  # None while streaming; then "eos", "length", "stop" or "cancelled"
     tokens_per_s: float = 0.0
+    waiting: int = 0  # while the turn waits for the model: its place in the queue (1 = next); then 0
 
 
 def start_chat(store: Store, character_id: int, *, user_name: str = "You", title: str = "") -> int:
@@ -228,7 +229,8 @@ def _turn(
             chat_id, name=card.name, model=options.label or engine.info.name, message_id=target.id if target else None
         )
     reply = _Reply(engine, store, chat_id, swipe, p.report)
-    tokens = engine.stream(engine.tokenize(p.text), replace(options.sampling, stop=_stops(options.sampling, p)), cancel)
+    sampling = replace(options.sampling, stop=_stops(options.sampling, p))
+    tokens = engine.stream_waiting(engine.tokenize(p.text), sampling, cancel)
     try:
         yield from reply.run(tokens, prompt_message)
     finally:
@@ -267,9 +269,12 @@ class _Reply:
         self.finish: str | None = None
         self.rate = 0.0
 
-    def run(self, tokens: Iterator[Token], prompt_message: StoredMessage | None) -> Iterator[Update]:
+    def run(self, tokens: Iterator[Token | Waiting], prompt_message: StoredMessage | None) -> Iterator[Update]:
         prompt: list[Token] = []
         for tok in tokens:
+            if isinstance(tok, Waiting):
+                yield replace(self._update(), waiting=tok.place)
+                continue
             if tok.prompt:
                 prompt.append(tok)
                 continue

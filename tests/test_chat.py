@@ -1,6 +1,7 @@
 """One chat turn end to end: real llama.cpp (tiny generated MoE) and a real SQLite store."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -146,3 +147,23 @@ def test_prompt_routing_offsets_point_into_the_user_message(engine, store, chat_
     saved = store.routing(user.current.id, "prompt")
     assert (saved.offsets >= 0).all() and (saved.offsets < len(user.text)).all()
     assert saved.offsets[0] == 0 and (np.diff(saved.offsets) > 0).all()
+
+
+def test_a_turn_waiting_for_the_model_reports_its_place_then_replies(tiny_moe_path, store, chat_id):
+    # one sequence, held busy by another stream: the turn's first updates say where it waits, then it replies
+    release = threading.Event()
+    with Engine.load(tiny_moe_path, n_ctx=2048, n_parallel=1) as eng, eng.watch(on_call=lambda *_: release.wait(30)):
+        other = threading.Thread(target=lambda: list(eng.stream(eng.tokenize("x"), Sampling(max_tokens=3))))
+        other.start()
+        deadline = time.monotonic() + 30
+        while not eng.occupancy().busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+        turn = chat.send(eng, store, chat_id, "Hello there, Mira!", OPTIONS)
+        first = next(turn)
+        assert first.waiting == 1 and first.text == "" and first.finish is None
+        assert store.messages(chat_id)[1].text == "Hello there, Mira!"  # committed while it waits
+        release.set()
+        rest = list(turn)
+        other.join(30)
+    assert all(u.waiting == 0 for u in rest) and rest[-1].finish == "length"
+    assert store.messages(chat_id)[-1].text == rest[-1].text != ""
