@@ -11,9 +11,11 @@ Families, one module each:
                    /v1/model/list, /api/extra/true_max_context_length, /api/extra/abort, /info
   ollama_routes    Ollama's GET /api/tags, /api/version, POST /api/generate (NDJSON)
 GET /v1/health needs no key: {"status": "ok" | "no model", "model": id | null}. Any other path under /v1/
-or /api/ answers 404 with an error body. Requests queue on the engine's lock (with the UI's turns); a
-client that disconnects, streaming or not, stops its generation. The API keeps no state: nothing a request
-sends is stored or shown to anyone else. Shapes, samplers and limits: docs/api.md.
+or /api/ answers 404 with an error body. Requests are generated together with the UI's turns, as many at
+once as the engine has sequences (`--parallel`), each with its own sampler, seed and routing; further ones
+wait in the engine's queue. A client that disconnects, streaming or not, stops its own generation only. The
+API keeps no state: nothing a request sends is stored or shown to anyone else. Shapes, samplers and limits:
+docs/api.md.
 """
 
 from __future__ import annotations

@@ -93,11 +93,11 @@ class Choices:
 
     def _end_stream(self) -> None:
         if self._stream is not None:
-            self._stream.close()  # releases the engine's lock at once
+            self._stream.close()  # frees its sequence of the engine at once
             self._stream = None
 
     def close(self) -> None:
-        """Stop generating, release the engine's lock (the stream is abandoned), then the engine itself."""
+        """Stop generating, free the stream's sequence (the stream is abandoned), then the engine itself."""
         self.cancel.set()
         try:
             self._end_stream()
@@ -116,7 +116,7 @@ class Choices:
 async def begin(
     access: Access, prepare: Prepare, *, param: str, client_ctx: int | None = None
 ) -> tuple[Choices, Event | None]:
-    """Hold the engine, build the prompt, check it fits, wait for the engine's lock and read the prompt up to
+    """Hold the engine, build the prompt, check it fits, wait for a free sequence and read the prompt up to
     the first generated token: every error surfaces before an answer starts."""
     engine, release = access.hold()
     try:

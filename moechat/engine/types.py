@@ -132,7 +132,6 @@ class LoadOptions(TypedDict, total=False):
     full_prompt_routing: bool
     exact: bool
     n_parallel: int
-    exact: bool
 
 
 @dataclass(frozen=True)

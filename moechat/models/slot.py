@@ -7,10 +7,11 @@
     slot.steered("top1") / slot.steered("solo", expert=1)   # loaded on first use, cached until the next switch
 
 No request ever touches a closed model: `switch` first makes the new engine current, then waits until every
-lease on the old one is returned, and closes it with `Engine.close()`, which itself takes the engine lock (so a
-stream that is still running finishes first). Callers that only `get()` are protected by the engine lock and by
-the engine refusing closed use (EngineError) rather than crashing; callers that do more than one call (build a
-prompt, then stream) should hold a lease.
+lease on the old one is returned, and closes it with `Engine.close()`, which itself lets the streams still
+running on it finish (an engine generates several at once, one lease each). Callers that only `get()` are
+protected by the engine refusing closed use (EngineError) rather than crashing; callers that do more than one
+call (build a prompt, then stream) should hold a lease. Each engine and steered variant is loaded with the same
+options, `n_parallel` included: a steered reply takes a sequence of the variant, not of the model.
 """
 
 from __future__ import annotations
@@ -134,4 +135,4 @@ class ModelSlot:
     def _close_when_free(self, engine: Engine) -> None:
         with self._lock:
             self._lock.wait_for(lambda: not self._leases.get(id(engine)))
-        engine.close()  # takes the engine lock: a stream still running on it finishes first
+        engine.close()  # streams still running on it finish first

@@ -48,14 +48,20 @@ class Private(TypedDict):
 
 
 class OnTheModel(Private):
-    """... and it runs in the one-at-a-time queue of the model."""
+    """... and it runs in a queue of its own (a turn on the model, a model load)."""
 
     concurrency_id: str
     concurrency_limit: int
 
 
-LLM: OnTheModel = {"concurrency_id": "llm", "concurrency_limit": 1, "api_visibility": "private"}
 PRIVATE: Private = {"api_visibility": "private"}
+MODEL_LOAD: OnTheModel = {"concurrency_id": "model_load", "concurrency_limit": 1, "api_visibility": "private"}
+
+
+def on_the_model(parallel: int) -> OnTheModel:
+    """Turns: as many run as the engine generates at once, and as many again wait in the engine's own queue
+    (where the reply bubble shows their place, and API requests wait too); more wait in Gradio's queue."""
+    return {"concurrency_id": "llm", "concurrency_limit": 2 * parallel, "api_visibility": "private"}
 
 
 def _secret(data_dir: Path) -> str:
@@ -138,10 +144,11 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
         model = model_tab(h.models.panel(), h.models.status())
         ui = Page(session, owner, pending, chat, characters, model)
         _wire_chats(demo, ui, h, settings)
-        _wire_turns(ui, h)
+        _wire_turns(ui, h, on_the_model(settings.parallel))
         _wire_characters(ui, h)
         switched = [model.model_md, model.model_status, chat.routing.layer, chat.talk.solo_expert]
-        model.model_load.click(h.models.load, [model.model_in], switched, **LLM)
+        model.model_load.click(h.models.load, [model.model_in], switched, **MODEL_LOAD)
+        model.tab.select(h.models.refresh, [session], [model.model_md], **PRIVATE)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
 
@@ -189,19 +196,19 @@ def _turn_event(handler: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T
     return event
 
 
-def _wire_turns(ui: Page, h: Handlers) -> None:
+def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> None:
     talk, routing = ui.chat.talk, ui.chat.routing
     outputs, turn = list(ui.outputs()), _turn_controls(talk)
     send = _turn_event(h.chat.send)
     for trigger in (talk.send.click, talk.msg.submit):
         trigger(lambda t: ("", t), [talk.msg], [talk.msg, ui.pending], queue=False, **PRIVATE).then(
-            send, [ui.session, ui.pending, *turn], outputs, **LLM
+            send, [ui.session, ui.pending, *turn], outputs, **llm
         )
-    talk.regen.click(_turn_event(h.chat.regenerate), [ui.session, *turn], outputs, **LLM)
-    talk.cont.click(_turn_event(h.chat.continue_reply), [ui.session, *turn], outputs, **LLM)
-    talk.imp.click(_turn_event(h.chat.impersonate), [ui.session, *turn], [talk.msg], **LLM)
-    talk.steer_top1.click(_turn_event(h.chat.steer_top1), [ui.session, *turn], outputs, **LLM)
-    talk.steer_solo.click(_turn_event(h.chat.steer_solo), [ui.session, talk.solo_expert, *turn], outputs, **LLM)
+    talk.regen.click(_turn_event(h.chat.regenerate), [ui.session, *turn], outputs, **llm)
+    talk.cont.click(_turn_event(h.chat.continue_reply), [ui.session, *turn], outputs, **llm)
+    talk.imp.click(_turn_event(h.chat.impersonate), [ui.session, *turn], [talk.msg], **llm)
+    talk.steer_top1.click(_turn_event(h.chat.steer_top1), [ui.session, *turn], outputs, **llm)
+    talk.steer_solo.click(_turn_event(h.chat.steer_solo), [ui.session, talk.solo_expert, *turn], outputs, **llm)
     talk.stop.click(h.chat.stop, None, None, concurrency_limit=None, concurrency_id="stop", **PRIVATE)
     a = h.actions
     talk.swipe_prev.click(a.swipe_left, [ui.session], outputs, **PRIVATE)

@@ -20,7 +20,7 @@ from moechat import chat
 from moechat.engine.engine import Engine
 from moechat.errors import MoechatError
 from moechat.moe.steering import steering_label
-from moechat.ui.html import chat_message, context_html
+from moechat.ui.html import chat_message, context_html, queue_place
 from moechat.ui.live import LiveReply
 from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import Shown, heatmap, metrics_view, share_bars, token_view
@@ -139,6 +139,10 @@ class ChatUI(ChatViews):
         shown_live, metrics_due, figures_due = 0.0, start, start + FIGURES_EVERY_S
         sent_context = sent_user = False
         for upd in updates:
+            if upd.waiting:  # no token yet: the reply bubble says where this turn is in the model's queue
+                display[-1] = chat_message("assistant", queue_place(upd.waiting))
+                yield upd, ChatOutputs.skip()._replace(session=session, chatbot=list(display))
+                continue
             now = time.monotonic()
             final = upd.finish is not None
             if not final and now - shown_live < LIVE_EVERY_S:

@@ -159,8 +159,8 @@ def _dropped(report: object) -> str:
     return f"<div>left out to fit: {esc('; '.join(parts))}</div>" if parts else "<div>nothing left out</div>"
 
 
-def model_markdown(info: object, report: object, tokens_per_s: float | None = None) -> str:
-    """The model panel (Markdown; every value escaped)."""
+def model_markdown(info: object, report: object, tokens_per_s: float | None = None, occupancy: object = None) -> str:
+    """The model panel (Markdown; every value escaped). occupancy: the engine's Occupancy (slots busy, waiting)."""
     names = ", ".join(getattr(info, "expert_names", ()) or ()) or "unnamed"
     speed = f"{tokens_per_s:.1f} tokens/s" if tokens_per_s else "no reply yet"
     rows = [
@@ -175,8 +175,23 @@ def model_markdown(info: object, report: object, tokens_per_s: float | None = No
         ("CPU threads", _threads(report)),
         ("CPU kernels", getattr(report, "cpu_note", "") or "llama.cpp's default"),
         ("last reply", speed),
+        ("replies at once", getattr(report, "n_parallel", 1)),
     ]
+    if occupancy is not None:
+        rows.append(("right now", queue_status(occupancy)))
     return "\n".join(["| | |", "|---|---|", *(f"| {esc(k)} | {esc(v)} |" for k, v in rows)])
+
+
+def queue_status(occupancy: object) -> str:
+    """'2 of 4 generating, 3 waiting' from an engine's Occupancy."""
+    busy, slots, waiting = (getattr(occupancy, name, 0) for name in ("busy", "slots", "waiting"))
+    return f"{busy} of {slots} generating, {waiting} waiting"
+
+
+def queue_place(place: int) -> str:
+    """What a waiting turn's reply bubble says (place 1 = next)."""
+    where = "yours is next" if place == 1 else f"you are number {place} in the queue"
+    return f"⏳ *Waiting for the model: {where}.*"
 
 
 REINSTALL_GPU = (

@@ -103,6 +103,7 @@ class CharactersTab:
 
 @dataclass(frozen=True)
 class ModelTab:
+    tab: gr.Tab
     model_md: gr.Markdown
     model_in: gr.Textbox
     model_load: gr.Button
@@ -301,10 +302,10 @@ def characters_tab() -> CharactersTab:
 
 
 def model_tab(panel: str, status: str) -> ModelTab:
-    with gr.Tab("Model"):
+    with gr.Tab("Model", elem_id="model_tab") as tab:
         model_md = gr.Markdown(panel, elem_id="model_panel")
         with gr.Row(equal_height=True):
             model_in = gr.Textbox(label="Load another model", info=HELP, elem_id="model_in", scale=4)
             model_load = gr.Button("Load", elem_id="model_load", variant="primary", scale=1)
         model_status = gr.Markdown(status, elem_id="model_status")
-    return ModelTab(model_md=model_md, model_in=model_in, model_load=model_load, model_status=model_status)
+    return ModelTab(tab=tab, model_md=model_md, model_in=model_in, model_load=model_load, model_status=model_status)

@@ -15,6 +15,7 @@ from moechat.models import hub
 from moechat.models.slot import ModelSlot
 from moechat.ui.html import esc, gpu_note, model_markdown
 from moechat.ui.routing import MEAN, layer_choices
+from moechat.ui.session import Session
 from moechat.ui.views import model_of
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,11 @@ class ModelSwitcher:
 
     def panel(self, last_rate: float | None = None) -> str:
         engine = self.slot.get()
-        return model_markdown(engine.info, engine.report, last_rate)
+        return model_markdown(engine.info, engine.report, last_rate, engine.occupancy())
+
+    def refresh(self, session: Session) -> str:
+        """The panel as it is now (slots busy, requests waiting), when the Model tab is opened."""
+        return self.panel(session.last_rate)
 
     def status(self, notes: tuple[str, ...] = ()) -> str:
         lines = [f"- {esc(n)}" for n in notes]

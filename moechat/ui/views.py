@@ -141,7 +141,7 @@ class ChatViews:
 
     def model_panel(self, session: Session) -> str:
         engine = self.engine
-        return model_markdown(engine.info, engine.report, session.last_rate)
+        return model_markdown(engine.info, engine.report, session.last_rate, engine.occupancy())
 
 
 def expert_labels_for(n: int, model: Model) -> tuple[str, ...]:
