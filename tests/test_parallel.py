@@ -149,7 +149,12 @@ def test_rows_come_back_in_batch_order(tiny_moe_path: Path) -> None:
     # what llama.cpp actually did: the token embeddings it looked up (node "embd"), row by row, are those of the
     # batch's tokens in batch order, in one micro-batch per call, while three streams are batched together
     tokens: dict[str, list[Token]] = {}
-    with Engine.load(tiny_moe_path, n_ctx=256, n_parallel=3) as eng, eng.watch(["embd"]) as calls:
+
+    def on_call(layout: BatchLayout, captured: list[Captured]) -> None:
+        if len(calls) == 1:  # after the first call, until all three have arrived
+            wait_until(lambda: eng.occupancy().busy + eng.occupancy().waiting == 3, "the three streams")
+
+    with Engine.load(tiny_moe_path, n_ctx=256, n_parallel=3) as eng, eng.watch(["embd"], on_call) as calls:
         threads = [
             in_thread(lambda n=name: tokens.setdefault(n, list(eng.stream(eng.tokenize(PROMPTS[n]), greedy(16)))))
             for name in ("long", "short", "cancelled")

@@ -76,6 +76,7 @@ class Engine:
             n_vocab=model.n_vocab(),
             piece=self.piece,
             is_end=lambda tok: bool(llama_cpp.llama_vocab_is_eog(model.vocab, tok)),
+            threads=(report.n_threads, report.n_threads_batch),
         )
         routed = capture is not None and info.is_moe
         self._routing = router_routing(info.n_experts_used) if routed else None
@@ -236,7 +237,7 @@ class Engine:
         picker.feed(prompt)
         job = self._scheduler.submit(prompt, sampling, cancel, picker)
         try:
-            yield from tokens(job, self.piece, self._routing, report_waiting)
+            yield from tokens(job, self._routing, report_waiting)
         finally:
             self._scheduler.abandon(job)
 

@@ -24,14 +24,16 @@ from moechat.errors import EngineError
 from moechat.routing.metrics import Routing, from_logits
 
 POLL_S = 0.1  # how often a waiting caller looks at its cancel flag
-WAIT_REPORT_S = 1.0  # a waiting caller hears its place at least this often (stream_waiting)
+WAIT_REPORT_S = 1.0  # a caller waiting this long hears its place, then at each change and at least this often
 
 
 @dataclass(frozen=True, slots=True)
 class PromptRead:
-    """The whole prompt is in the sequence's cache: `reused` tokens were cached before; routing per position."""
+    """The whole prompt is in the sequence's cache: `reused` tokens were cached before; piece and routing per
+    position (the caller never calls into the model: it may be closed once the scheduler is done)."""
 
     reused: int
+    pieces: list[bytes]
     logits: np.ndarray | None  # float32 [prompt tokens, layers, experts]; None without routing
 
 
@@ -82,15 +84,12 @@ class Job:
 
 
 def tokens(
-    job: Job,
-    piece: Callable[[int], bytes],
-    routing: Callable[[np.ndarray], Routing] | None,
-    report_waiting: bool = False,
+    job: Job, routing: Callable[[np.ndarray], Routing] | None, report_waiting: bool = False
 ) -> Iterator[Token | Waiting]:
     """The job's Token records (and Waiting records while it waits, when asked), as Engine.stream promises."""
     text = TextReleaser(job.sampling.stop)
     pos = len(job.prompt)
-    shown_place, shown_at = 0, 0.0
+    shown_place, shown_at = 0, time.monotonic()
     while True:
         record = job.get(POLL_S)
         if record is None:
@@ -99,7 +98,7 @@ def tokens(
                 return
             place = job.place() if report_waiting else 0
             now = time.monotonic()
-            if place and (place != shown_place or now - shown_at >= WAIT_REPORT_S):
+            if place and ((shown_place and place != shown_place) or now - shown_at >= WAIT_REPORT_S):
                 shown_place, shown_at = place, now
                 yield Waiting(place)
             continue
@@ -109,7 +108,7 @@ def tokens(
             yield Token(pos, -1, text.flush(), b"", None, finish="cancelled")
             return
         if isinstance(record, PromptRead):
-            yield from _prompt_tokens(job.prompt, record, routing, piece)
+            yield from _prompt_tokens(job.prompt, record, routing)
             continue
         if job.cancel is not None and job.cancel.is_set():  # checked between tokens, as a lone stream does
             yield Token(record.pos, -1, text.flush(), b"", None, finish="cancelled")
@@ -133,12 +132,11 @@ def _generated(record: Produced, text: TextReleaser, routing: Callable[[np.ndarr
 
 
 def _prompt_tokens(
-    prompt: list[int], read: PromptRead, routing: Callable[[np.ndarray], Routing] | None, piece: Callable[[int], bytes]
+    prompt: list[int], read: PromptRead, routing: Callable[[np.ndarray], Routing] | None
 ) -> Iterator[Token]:
     text = TextReleaser(())
     last = len(prompt) - 1
-    for pos, tok in enumerate(prompt):
-        chunk = piece(tok)
+    for pos, (tok, chunk) in enumerate(zip(prompt, read.pieces, strict=True)):
         released = text.feed(chunk)[0] + (text.flush() if pos == last else "")
         routed = routing(read.logits[pos]) if routing is not None and read.logits is not None else None
         yield Token(pos, tok, released, chunk, routed, prompt=True, cached=pos < read.reused)

@@ -6,14 +6,17 @@
 The context has `n_slots` sequences (llama.cpp seq ids 0..n-1) in one unified KV cache; a slot keeps the
 tokens and the router logits of every position cached for its sequence, also after its request ends, so a
 later request that starts the same way (the next turn of a chat) reuses them: it gets the free slot with the
-longest common prefix. Requests beyond the slots wait in order of arrival.
+longest common prefix when it covers at least half the prompt, else the least recently used one. Requests
+beyond the slots wait in order of arrival.
 
 Each step decodes, in one batch, the next token of every generating sequence and prompt tokens of the
 sequences that are joining (at most PROMPT_CHUNK of them while others generate, so a long prompt holds the
 others up for one chunk at a time; a prompt's last token always comes in a step after the rest, as a lone
-stream's does). Each request picks with its own Picker (sampler chain, seed, biases, grammar) from its
-sequence's row of the step's logits. The rows of the captured `ffn_moe_logits-L` are matched to (sequence, position)
-by batch_layout.rows_by_layer. A finished, cancelled or abandoned request frees its slot at the step's end.
+stream's does). A step of next tokens only runs on the generation threads, one with prompt tokens on the
+prompt threads (llama.cpp itself would take the prompt threads for any batch over one token). Each request
+picks with its own Picker (sampler chain, seed, biases, grammar) from its sequence's row of the step's
+logits. The rows of the captured `ffn_moe_logits-L` are matched to (sequence, position) by
+batch_layout.rows_by_layer. A finished, cancelled or abandoned request frees its slot at the step's end.
 
 The thread runs while there is work and exits when idle; `exclusive()` gives the caller the context between
 requests (probing, clearing, closing).
@@ -95,8 +98,11 @@ class Scheduler:
         n_vocab: int,
         piece: Callable[[int], bytes],
         is_end: Callable[[int], bool],
+        threads: tuple[int, int],
     ) -> None:
         self._ctx, self._capture = ctx, capture
+        self._threads = threads  # (generation, prompt): llama.cpp would use the second for any batch over one token
+        self._threads_set = threads
         self.n_slots, self.n_ctx, self.n_batch = n_slots, n_ctx, n_batch
         self._last_layer = n_layers - 1
         self._all_outputs = full_prompt_routing and capture is not None
@@ -158,6 +164,9 @@ class Scheduler:
                 except BaseException:
                     self._exclusive = False
                     raise
+                if self._threads_set != self._threads and not self._closed:  # the caller's batches: prompt threads
+                    llama_cpp.llama_set_n_threads(self._ctx.ctx, *self._threads)
+                    self._threads_set = self._threads
             try:
                 yield
             finally:
@@ -294,6 +303,11 @@ class Scheduler:
     def _decode(self, layout: BatchLayout) -> None:
         batch = self._batch.batch
         n = len(layout)
+        generation, prompt = self._threads
+        wanted = (generation, prompt if n > len(set(layout.seqs)) else generation)  # next tokens only: generation's
+        if wanted != self._threads_set:
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, *wanted)
+            self._threads_set = wanted
         batch.n_tokens = n
         entries = zip(layout.tokens, layout.seqs, layout.positions, layout.outputs, strict=True)
         for i, (tok, seq, pos, out) in enumerate(entries):
@@ -320,7 +334,7 @@ class Scheduler:
             if len(slot.kv) < len(job.prompt):
                 return False
             logits = self._logits[slot.seq, : len(job.prompt)].copy() if self._capture is not None else None
-            job.put(PromptRead(run.reused, logits))
+            job.put(PromptRead(run.reused, [self._piece(tok) for tok in job.prompt], logits))
             return self._sample(run, last_index)
         pos = len(slot.kv) - 1
         logits = self._logits[slot.seq, pos].copy() if self._capture is not None else None
