@@ -317,3 +317,54 @@ def test_seeded_sampling_is_per_sequence(tiny_moe_path: Path) -> None:
 def test_parallel_count_is_checked(tiny_moe_path: Path) -> None:
     with pytest.raises(EngineError, match=r"n_parallel must be 1\.\.64"):
         Engine.load(tiny_moe_path, n_ctx=256, n_parallel=0)
+
+
+LONG_START = "The harbour master kept a ledger of every ship, every storm and every sailor who came ashore. " * 4
+
+
+def test_n_choices_read_their_prompt_once_and_each_is_its_seeds_answer(tiny_moe_path: Path) -> None:
+    # Engine.streams queues every choice at once: they run side by side, the later ones take the prompt's
+    # cache from the first (read once), and each is what its seed gives alone
+    samplings = [Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7 + i, max_tokens=16) for i in range(3)]
+    cancel = threading.Event()
+    with Engine.load(tiny_moe_path, n_ctx=512, exact=True, n_parallel=3) as eng:
+        ids = eng.tokenize(LONG_START)
+        with eng.watch() as calls:
+            streams = eng.streams(ids, samplings, cancel)
+            together = [list(stream) for stream in streams]
+    read = [(seq, pos) for layout, _ in calls for seq, pos in zip(layout.seqs, layout.positions, strict=True)]
+    assert sum(pos < len(ids) - 1 for _, pos in read) == len(ids) - 1  # the shared start, read by one stream
+    assert sum(pos == len(ids) - 1 for _, pos in read) == 3  # each reads the last prompt token itself
+    assert max(len(set(layout.seqs)) for layout, _ in calls) == 3  # they generated side by side
+    for tokens in together[1:]:
+        assert all(t.cached for t in tokens if t.prompt and t.pos < len(ids) - 1)
+    alone = solo_runs(tiny_moe_path, {str(i): (LONG_START, s) for i, s in enumerate(samplings)})
+    for i, tokens in enumerate(together):
+        assert [t.id for t in tokens] == [t.id for t in alone[str(i)]], i
+        assert np.abs(probs(tokens) - probs(alone[str(i)])).max() <= 1e-5
+    assert len({tuple(t.id for t in tokens) for tokens in together}) == 3
+
+
+def test_a_stream_takes_a_start_another_sequence_has_cached(tiny_moe_path: Path) -> None:
+    # a visitor with the same character as one still generating: the shared start is not read again
+    first_done_reading = threading.Event()
+
+    def on_call(layout: BatchLayout, captured: list[Captured]) -> None:
+        if not first_done_reading.is_set() and max(eng.cached_tokens()) >= len(first_ids):
+            first_done_reading.set()
+            wait_until(lambda: eng.occupancy().waiting == 1, "the second stream to wait")
+
+    second: list[Token] = []
+    with Engine.load(tiny_moe_path, n_ctx=512, exact=True, n_parallel=2) as eng:
+        first_ids = eng.tokenize(LONG_START + "Who came first?")
+        second_ids = eng.tokenize(LONG_START + "And who came last, after the storm?")
+        with eng.watch(on_call=on_call):
+            runner = in_thread(lambda: list(eng.stream(first_ids, greedy(60))))
+            first_done_reading.wait(30)
+            second = list(eng.stream(second_ids, greedy(8)))
+            runner.join(30)
+    shared = next(i for i, (a, b) in enumerate(zip(first_ids, second_ids, strict=False)) if a != b)
+    assert [t.pos for t in second if t.prompt and not t.cached] == list(range(shared, len(second_ids)))
+    alone = solo_runs(tiny_moe_path, {"second": (LONG_START + "And who came last, after the storm?", greedy(8))})
+    assert [t.id for t in second] == [t.id for t in alone["second"]]
+    assert np.abs(probs(second) - probs(alone["second"])).max() <= 1e-5

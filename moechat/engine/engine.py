@@ -29,7 +29,7 @@ import numpy as np
 from moechat.engine import banned, cpu_guard
 from moechat.engine.batch_layout import BatchLayout
 from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
-from moechat.engine.job import router_routing, tokens
+from moechat.engine.job import Job, router_routing, tokens
 from moechat.engine.sampler import Picker
 from moechat.engine.scheduler import ROUTER_KIND, Scheduler, Tap
 from moechat.engine.threads import this_machine
@@ -211,9 +211,7 @@ class Engine:
         if sampling.banned_strings:  # generation that backtracks: streams of its own, stitched
             yield from banned.without(self.stream, list(prompt), sampling, cancel)
             return
-        for item in self._stream(prompt, sampling, cancel, report_waiting=False):
-            if isinstance(item, Token):
-                yield item
+        yield from self._only_tokens(self._stream(prompt, sampling, cancel, report_waiting=False))
 
     def stream_waiting(
         self, prompt: Sequence[int], sampling: Sampling = Sampling(), cancel: threading.Event | None = None
@@ -224,22 +222,53 @@ class Engine:
             return
         yield from self._stream(prompt, sampling, cancel, report_waiting=True)
 
+    def streams(
+        self, prompt: Sequence[int], samplings: Sequence[Sampling], cancel: threading.Event
+    ) -> list[Generator[Token, None, None]]:
+        """One stream per sampling of the same prompt (n choices), all queued now, so they run side by side as far
+        as sequences are free, the later ones taking the prompt's cache from the first. Each is read as `stream`'s;
+        set `cancel` to drop the ones never read. Banned strings need a stream of their own at a time: then the
+        streams start one after another, as they are read."""
+        if any(s.banned_strings for s in samplings):
+            return [self.stream(prompt, s, cancel) for s in samplings]
+        prompt = self._checked(prompt)
+        jobs = [self._submit(prompt, s, cancel) for s in samplings]
+        return [self._only_tokens(self._read(job, report_waiting=False)) for job in jobs]
+
     def _stream(
         self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event | None, report_waiting: bool
     ) -> Generator[Token | Waiting, None, None]:
+        job = self._submit(self._checked(prompt), sampling, cancel)
+        yield from self._read(job, report_waiting)
+
+    def _checked(self, prompt: Sequence[int]) -> list[int]:
         prompt = list(prompt)
         if not prompt:
             raise EngineError("empty prompt: nothing to continue from")
         if len(prompt) + 1 > self.n_ctx:
             raise EngineError(f"the prompt has {len(prompt)} tokens but the context holds {self.n_ctx}")
         self._check_open()
+        return prompt
+
+    def _submit(self, prompt: list[int], sampling: Sampling, cancel: threading.Event | None) -> Job:
         picker = Picker(self._model, sampling, self.n_ctx, self.eog_ids(), self._text_ids)
         picker.feed(prompt)
-        job = self._scheduler.submit(prompt, sampling, cancel, picker)
+        return self._scheduler.submit(prompt, sampling, cancel, picker)
+
+    def _read(self, job: Job, report_waiting: bool) -> Generator[Token | Waiting, None, None]:
         try:
             yield from tokens(job, self._routing, report_waiting)
         finally:
             self._scheduler.abandon(job)
+
+    @staticmethod
+    def _only_tokens(items: Generator[Token | Waiting, None, None]) -> Generator[Token, None, None]:
+        try:
+            for item in items:
+                if isinstance(item, Token):
+                    yield item
+        finally:
+            items.close()  # abandoning this stream frees its sequence at once, not when it is collected
 
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenize(text, add_bos=False, special=False)

@@ -6,8 +6,10 @@
 The context has `n_slots` sequences (llama.cpp seq ids 0..n-1) in one unified KV cache; a slot keeps the
 tokens and the router logits of every position cached for its sequence, also after its request ends, so a
 later request that starts the same way (the next turn of a chat) reuses them: it gets the free slot with the
-longest common prefix when it covers at least half the prompt, else the least recently used one. Requests
-beyond the slots wait in order of arrival.
+longest common prefix when it covers at least half the prompt, else the least recently used one. A longer
+start cached by any other sequence is shared before the prompt is read (llama.cpp's seq_cp: the cells then
+belong to both), and a stream whose prompt shares a long start with an earlier one still reading it waits for
+it (n choices of one prompt read it once). Requests beyond the slots wait in order of arrival.
 
 Each step decodes, in one batch, the next token of every generating sequence and prompt tokens of the
 sequences that are joining (at most PROMPT_CHUNK of them while others generate, so a long prompt holds the
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 ROUTER_KIND = "ffn_moe_logits"
 PROMPT_CHUNK = 128  # prompt tokens per step while other sequences are generating
 SIMILAR = 0.5  # a free slot's cache is reused when it covers this share of the prompt (else the LRU slot)
+MIN_SHARE = 32  # prompt tokens worth taking from another sequence's cache (or waiting for one to read them)
 Tap = Callable[[BatchLayout, list[Captured]], None]
 
 
@@ -286,9 +289,12 @@ class Scheduler:
         budget = self.n_batch - len(layout)
         if generating:
             budget = min(budget, PROMPT_CHUNK)
-        for run in sorted((r for r in runs if r.pending is None), key=lambda r: r.order):
+        joining = sorted((r for r in runs if r.pending is None), key=lambda r: r.order)
+        for run in joining:
             if budget <= 0:
                 break
+            if not self._share(run, joining):
+                continue
             done, last = len(run.slot.kv), len(run.job.prompt) - 1
             chunk = run.job.prompt[done : min(done + budget, last)] if done < last else run.job.prompt[last:]
             outputs = [self._all_outputs] * len(chunk)
@@ -299,6 +305,33 @@ class Scheduler:
         if parts and not any(layout.outputs):
             layout.outputs[-1] = True  # llama.cpp computes logits for one token at least
         return layout, parts
+
+    def _share(self, run: _Run, joining: list[_Run]) -> bool:
+        """Before reading a prompt chunk: take the longest start of the prompt that another sequence has cached
+        (llama.cpp's cells then belong to both sequences: nothing is copied or computed again), or return False
+        to wait while an earlier stream is still reading a start it shares (n choices of one prompt, visitors
+        with the same character)."""
+        prompt, slot = run.job.prompt, run.slot
+        want, have = len(prompt) - 1, len(slot.kv)  # the last prompt token is always read by its own stream
+        if have >= want:
+            return True
+        for other in joining:
+            if other is run:
+                break
+            shared = min(_common_prefix(other.job.prompt, prompt), want)
+            if shared - have >= MIN_SHARE and len(other.slot.kv) < shared:
+                return False
+        donor = max((s for s in self._slots if s is not slot), key=lambda s: _common_prefix(s.kv, prompt), default=None)
+        n = min(_common_prefix(donor.kv, prompt), want) if donor is not None else 0
+        if donor is None or n - have < MIN_SHARE:
+            return True
+        self._ctx.kv_cache_seq_rm(slot.seq, 0, -1)
+        self._ctx.kv_cache_seq_cp(donor.seq, slot.seq, 0, n)
+        slot.kv = donor.kv[:n]
+        self._logits[slot.seq, :n] = self._logits[donor.seq, :n]
+        self._logits[slot.seq, n:] = np.nan
+        run.reused = max(run.reused, n)
+        return True
 
     def _decode(self, layout: BatchLayout) -> None:
         batch = self._batch.batch
