@@ -119,3 +119,17 @@ def test_a_switch_waits_for_every_answer_in_flight_and_steered_ones_run_beside(t
     with slot.use() as engine:
         assert engine.info.n_experts == 2
     slot.close()
+
+
+def test_n_choices_run_side_by_side_and_each_is_its_seeds_single_answer(tiny_moe_path: Path) -> None:
+    body = {"prompt": "Once upon a time", "temperature": 1.0, "seed": 7, "max_tokens": 12}
+    with Engine.load(tiny_moe_path, n_ctx=1024, exact=True) as solo, running_server(solo) as server:
+        singles = [complete(server, **{**body, "seed": 7 + i}).choices[0].text for i in range(3)]
+    with (
+        Engine.load(tiny_moe_path, n_ctx=1024, exact=True, n_parallel=3) as eng,
+        eng.watch() as calls,
+        running_server(eng) as server,
+    ):
+        three = complete(server, **body, n=3)
+    assert [c.text for c in sorted(three.choices, key=lambda c: c.index)] == singles and len(set(singles)) == 3
+    assert max(len(set(layout.seqs)) for layout, _ in calls) == 3  # generated side by side

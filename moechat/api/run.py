@@ -1,9 +1,11 @@
 """Running the engine for one request: its n choices, streamed or collected, cancelled when the client leaves.
 
-`Choices` is the seam for n > 1: today the choices run one after another on the engine, with seeds seed,
-seed+1, ... (each is exactly what a request with that seed and n = 1 gives); the parallel engine will run
-them side by side behind the same `next()`. Each family of routes renders the (choice, Token) pairs in its
-own shape: a whole answer (`collect`) or a stream (`events` rendered into an `EngineStream`).
+`Choices` runs the n > 1 choices of a request, seeded seed, seed+1, ...: all are queued at once, so an engine
+with free sequences (`--parallel`) runs them side by side, the later ones sharing the prompt's cache with the
+first (one sequence: one after another, each exactly what a request with that seed and n = 1 gives; side by
+side: that up to the rounding of shared steps). `next()` still hands them over choice by choice. Each family
+of routes renders the (choice, Token) pairs in its own shape: a whole answer (`collect`) or a stream (`events` rendered into an
+`EngineStream`).
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ class Choices:
         self.cancel, self._release = threading.Event(), release
         self.engine, self._ids = engine, ids
         self._samplings = [replace(settings.sampling, seed=seed) for seed in seeds]
-        self._streams: Iterator[Generator[Token, None, None]] = (
-            engine.stream(ids, s, self.cancel) for s in self._samplings
+        self._streams: Iterator[Generator[Token, None, None]] = iter(
+            engine.streams(ids, self._samplings, self.cancel)
+            if len(self._samplings) > 1
+            else [engine.stream(ids, self._samplings[0], self.cancel)]
         )
         self._stream: Generator[Token, None, None] | None = None
         self.index = -1

@@ -21,7 +21,7 @@ from moechat.engine.types import Sampling
 
 Dialect = Literal["openai", "llamacpp", "ollama"]
 SEED_RANGE = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "random"
-MAX_N = 8  # choices per request (run one after another until the parallel engine serves them together)
+MAX_N = 8  # choices per request (side by side as far as the engine has free sequences)
 MAX_LOGPROBS = 20
 
 
