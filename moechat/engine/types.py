@@ -144,5 +144,5 @@ class LoadReport:
     threads_note: str = ""  # why n_threads: "2 physical cores", "requested"
     cpu_extra_buffers: bool = True  # ggml's extra CPU buffer types (AMX, repacking): see engine/cpu_guard.py
     cpu_note: str = ""  # why cpu_extra_buffers
-    n_ctx: int = 0  # the context in tokens: prompt and reply together (what API clients must stay under)
+    n_ctx: int = 0  # each reply's context in tokens: prompt and reply together (what API clients must stay under)
     n_parallel: int = 1  # sequences generated together in one context, each with n_ctx tokens

@@ -168,7 +168,7 @@ def model_markdown(info: object, report: object, tokens_per_s: float | None = No
         ("file", getattr(getattr(info, "path", None), "name", "")),
         ("experts", f"{getattr(info, 'n_experts', 0)} ({names}), {getattr(info, 'n_experts_used', 0)} used per token"),
         ("layers", getattr(info, "n_layers", 0)),
-        ("context", f"{getattr(report, 'n_ctx', 0)} tokens (API clients: keep SillyTavern's context at most this)"),
+        ("context", f"{getattr(report, 'n_ctx', 0)} tokens per reply (API clients: keep SillyTavern's at most this)"),
         ("quant", getattr(info, "file_type", "")),
         ("GPU layers offloaded", _gpu(report)),
         ("routing capture", getattr(report, "capture", "off")),
