@@ -4,8 +4,8 @@
 with free sequences (`--parallel`) runs them side by side, the later ones sharing the prompt's cache with the
 first (one sequence: one after another, each exactly what a request with that seed and n = 1 gives; side by
 side: that up to the rounding of shared steps). `next()` still hands them over choice by choice. Each family
-of routes renders the (choice, Token) pairs in its own shape: a whole answer (`collect`) or a stream (`events` rendered into an
-`EngineStream`).
+of routes renders the (choice, Token) pairs in its own shape: a whole answer (`collect`) or a stream (`events`
+rendered into an `EngineStream`).
 """
 
 from __future__ import annotations
