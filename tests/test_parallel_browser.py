@@ -18,7 +18,7 @@ pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect
 
 from moechat.gguf.tiny import write_tiny_gguf
-from tests.app_server import StartApp
+from tests.app_server import StartApp, set_slider
 from tests.models import BROWSER_MOE
 
 pytestmark = pytest.mark.browser
@@ -35,8 +35,7 @@ def open_session(browser: Browser, url: str, max_tokens: int) -> Page:
     expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=60_000)
     page.get_by_text("Persona, format and sampling").click()
     page.get_by_label("Greedy (repeatable)").check()
-    page.locator("#max_tok input[type=number]").fill(str(max_tokens))
-    page.locator("#max_tok input[type=number]").press("Enter")
+    set_slider(page, "max_tok", max_tokens)
     page.locator("#gallery .thumbnail-item", has_text="Captain Juno").first.click()
     expect(page.locator("#char_info")).to_contain_text("Captain Juno", timeout=30_000)
     expect(page.get_by_test_id("bot")).to_have_count(1, timeout=30_000)  # the greeting
