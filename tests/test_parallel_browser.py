@@ -34,8 +34,8 @@ def open_session(browser: Browser, url: str, max_tokens: int) -> Page:
     page.goto(url)
     expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=60_000)
     page.get_by_text("Persona, format and sampling").click()
+    set_slider(page, "max_tok", max_tokens)  # also waits out the accordion's first moment (see set_slider)
     page.get_by_label("Greedy (repeatable)").check()
-    set_slider(page, "max_tok", max_tokens)
     page.locator("#gallery .thumbnail-item", has_text="Captain Juno").first.click()
     expect(page.locator("#char_info")).to_contain_text("Captain Juno", timeout=30_000)
     expect(page.get_by_test_id("bot")).to_have_count(1, timeout=30_000)  # the greeting
