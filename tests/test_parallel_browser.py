@@ -89,7 +89,7 @@ def test_four_sessions_stream_at_the_same_time(browser: Browser, model: Path, tm
 
 def test_a_visitor_beyond_the_slots_sees_its_place(browser: Browser, model: Path, tmp_path: Path, app_server: StartApp):
     server = app_server(model, tmp_path / "data", "--hosted", "--parallel", "1", "--n-ctx", "2048")
-    first, second = open_session(browser, server.url, 1500), open_session(browser, server.url, 8)
+    first, second = open_session(browser, server.url, 1024), open_session(browser, server.url, 8)
     send(first, "Tell me a very long story.")
     expect(first.get_by_test_id("bot").nth(1)).to_contain_text("aaaaaaaa", timeout=60_000)  # streaming
     send(second, "And me?")
