@@ -15,6 +15,7 @@ COMMANDS = {
     "prompt": "print exactly what the model will see for a card and a chat",
     "lore": "show or convert World Info and lorebooks (SillyTavern World Info, V2/V3 books)",
     "chats": "import, list and export chats",
+    "personas": "import SillyTavern personas, list personas",
     "quantize": "quantize a GGUF keeping routers in float32, with a routing fidelity report",
     "compare": "routing fidelity report of two models of one shape",
     "upgrade": "rewrite a pre-2024 split-expert MoE GGUF in the stacked layout llama.cpp loads today",

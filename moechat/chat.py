@@ -41,6 +41,7 @@ class TurnOptions:
     format: str | None = None  # prompt format; None: the chat's, else the model's default
     user_name: str = "You"
     persona: str = ""  # the user's persona description; "" falls back to the chat's
+    persona_id: int | None = None  # the stored persona picked in the UI (a lock or the default may apply instead)
     system_prompt: str | None = None  # the global system prompt; None: the format's default
     label: str = ""  # how the reply's swipe is labelled (e.g. "top-1 routing"); "" = the model's name
     preset: StPreset | None = None  # SillyTavern instruct + context presets; None: `format`
@@ -67,13 +68,36 @@ class Update:
     waiting: int = 0  # while the turn waits for the model: its place in the queue (1 = next); then 0
 
 
-def start_chat(store: Store, character_id: int, *, user_name: str = "You", title: str = "") -> int:
-    """A new chat whose first message is the card's greeting, with alternate greetings as its swipes."""
+def start_chat(
+    store: Store,
+    character_id: int,
+    *,
+    user_name: str = "You",
+    title: str = "",
+    persona_id: int | None = None,
+    persona: str = "",
+) -> int:
+    """A new chat whose first message is the card's greeting, with alternate greetings as its swipes. `{{user}}`
+    and `{{persona}}` in them are the persona's name and description: the character's locked persona, else
+    `persona_id`, else the default, else `user_name` and `persona`."""
     card = character_card(store, character_id)
+    chosen = store.chosen_persona(character_id=character_id, picked=persona_id)
+    user = Persona(chosen.persona.name, chosen.persona.description) if chosen else Persona(user_name, persona)
     greetings = tuple(
-        macros.substitute(g, char=card.char_name, user=user_name, seed=character_id) for g in card.greetings if g
+        macros.substitute(g, char=card.char_name, user=user.name, persona=user.description, seed=character_id)
+        for g in card.greetings
+        if g
     )
     return store.create_chat(character_id, title=title, greetings=greetings).id
+
+
+def turn_persona(store: Store, chat_id: int, options: TurnOptions) -> Persona:
+    """The user of a turn: the stored persona `store.personas.choose` picks (chat lock > character lock > the UI's
+    pick > default), else the name and persona typed in the UI (the chat's persona text when none was typed)."""
+    chosen = store.chosen_persona(chat_id, picked=options.persona_id)
+    if chosen is not None:
+        return Persona(chosen.persona.name, chosen.persona.description)
+    return Persona(options.user_name, options.persona or store.chat(chat_id).persona)
 
 
 def character_card(store: Store, character_id: int) -> Card:
@@ -91,7 +115,7 @@ def send(
     """The user says `user_text` (committed before generation starts); the character replies."""
     if not user_text.strip():
         raise StoreError("nothing to send: the message is empty")
-    user = store.add_message(chat_id, "user", user_text, name=options.user_name)
+    user = store.add_message(chat_id, "user", user_text, name=turn_persona(store, chat_id, options).name)
     yield from _turn(engine, store, chat_id, options, cancel, "reply", prompt_message=user)
 
 
@@ -151,7 +175,8 @@ def turn_for(
     card = character_card(store, chat.character_id)
     shown = [m for m in messages if m.role != "system"]
     history = [Message("user" if m.role == "user" else "model", m.text) for m in shown]
-    names = [m.name or (options.user_name if m.role == "user" else card.name) for m in shown]
+    persona = turn_persona(store, chat_id, options)
+    names = [m.name or (persona.name if m.role == "user" else card.name) for m in shown]
     tokens = engine.template_tokens()
     fmt = options.preset or formats.get_format(
         options.format or chat.format or formats.default_format(engine.info.name, engine.info.chat_template),
@@ -162,7 +187,7 @@ def turn_for(
     )
     turn = Turn(
         fmt,
-        persona=Persona(options.user_name, options.persona or chat.persona),
+        persona=persona,
         note=AuthorsNote(chat.authors_note),
         system_prompt=options.system_prompt,
         context=engine.n_ctx,

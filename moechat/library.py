@@ -1,13 +1,14 @@
 """Characters as the UI needs them: cards stored with their avatar images beside the database, the bundled
-characters imported once per owner, and card exports (no gradio here)."""
+characters imported once per owner, and card exports; personas' avatar images beside them (no gradio here)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 from moechat.cards.card import Card, bundled_characters, card_bytes, card_from_json, read_card
-from moechat.cards.png import default_avatar
+from moechat.cards.png import default_avatar, open_image
 from moechat.errors import CardError
 from moechat.store.records import Character
 from moechat.store.store import Store
@@ -92,3 +93,41 @@ def avatar_path(data_dir: Path, owner: str, character_id: int) -> Path:
     """Where a character's avatar image is kept (the store keeps only the card's JSON)."""
     folder = hashlib.sha256(owner.encode()).hexdigest()[:16]
     return data_dir / "avatars" / folder / f"{character_id}.png"
+
+
+def persona_avatar_path(data_dir: Path, owner: str, persona_id: int) -> Path:
+    """Where a persona's avatar image is kept (the store keeps its SillyTavern avatar id)."""
+    return avatar_path(data_dir, owner, 0).parent / "personas" / f"{persona_id}.png"
+
+
+def persona_avatar_file(store: Store, data_dir: Path, persona_id: int) -> str:
+    """The persona's avatar image; one is drawn from its name when it has none."""
+    path = persona_avatar_path(data_dir, store.owner, persona_id)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(default_avatar(store.persona(persona_id).name))
+    return str(path)
+
+
+def set_persona_avatar(store: Store, data_dir: Path, persona_id: int, image: bytes | None) -> Path:
+    """Keep `image` (any image Pillow reads, saved as PNG) as the persona's avatar; None draws one from its name."""
+    persona = store.persona(persona_id)  # this owner's, or StoreError
+    if image is None:
+        png = default_avatar(persona.name)
+    else:
+        picture = open_image(image, f"the avatar of {persona.name}")
+        if picture.mode not in ("1", "L", "LA", "I", "P", "RGB", "RGBA"):
+            picture = picture.convert("RGBA")
+        out = io.BytesIO()
+        picture.save(out, format="PNG")
+        png = out.getvalue()
+    path = persona_avatar_path(data_dir, store.owner, persona_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return path
+
+
+def delete_persona(store: Store, data_dir: Path, persona_id: int) -> None:
+    """Delete a persona, its locks and its avatar image."""
+    store.delete_persona(persona_id)
+    persona_avatar_path(data_dir, store.owner, persona_id).unlink(missing_ok=True)

@@ -53,7 +53,7 @@ def test_import_reads_every_field():
     assert skipped == []
     assert chat.character_name == "Seraphina"
     assert chat.authors_note == "Seraphina is wary of strangers."
-    assert chat.persona == "user-default.png"
+    assert (chat.locked_persona, chat.persona) == ("user-default.png", "")
     assert chat.created == pytest.approx(local(2024, 9, 28, 1, 2, 3))
     greeting, user, reply, narrator, last = chat.messages
     assert [s.text for s in greeting.swipes][1] == "*She raises a hand in greeting.* Hello there."

@@ -1,9 +1,10 @@
 """Pure text macros of character cards (docs/formats.md §3.4) and example-dialogue splitting (§3.5).
 
 All macros are case-insensitive. `substitute` handles `{{char}}`/`<BOT>`/`<CHAR>`, `{{user}}`/`<USER>`,
-`{{original}}` and the V3 "CBS" set: `{{random:a,b}}` (`\\,` escapes a comma; ST's `{{random::a::b}}`
-too), `{{pick:a,b}}` (stable for a given seed, e.g. the chat id), `{{roll:N}}`/`{{roll:dN}}`/
-`{{roll:XdN}}`, and removes `{{// ...}}`, `{{comment: ...}}` and `{{hidden_key: ...}}`.
+`{{original}}`, `{{persona}}` (the user persona's description, where given) and the V3 "CBS" set:
+`{{random:a,b}}` (`\\,` escapes a comma; ST's `{{random::a::b}}` too), `{{pick:a,b}}` (stable for a given seed,
+e.g. the chat id), `{{roll:N}}`/`{{roll:dN}}`/`{{roll:XdN}}`, and removes `{{// ...}}`, `{{comment: ...}}` and
+`{{hidden_key: ...}}`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _HIDDEN_KEY = re.compile(r"\{\{hidden_key:(.*?)\}\}", re.DOTALL | re.IGNORECASE)
 _CHAR = re.compile(r"\{\{char\}\}|<bot>|<char>", re.IGNORECASE)
 _USER = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
 _ORIGINAL = re.compile(r"\{\{original\}\}", re.IGNORECASE)
+_PERSONA = re.compile(r"\{\{persona\}\}", re.IGNORECASE)
 _CHOICE = re.compile(r"\{\{(random|pick)(::?)((?:[^{}]|\{(?!\{)|\}(?!\}))*)\}\}", re.IGNORECASE)
 _ROLL = re.compile(r"\{\{roll[: ]\s*(\d*)\s*(?:d\s*(\d+))?\s*\}\}", re.IGNORECASE)
 _START = re.compile(r"<start>", re.IGNORECASE)
@@ -31,18 +33,21 @@ def substitute(
     original: str = "",
     seed: int | str = 0,
     rng: random.Random | None = None,
+    persona: str | None = None,
 ) -> str:
     """`text` with every macro replaced.
 
     `char` is the name to show for the character (pass the card's nickname when set: `card.char_name`).
     `seed` makes `{{pick}}` stable (pass the chat id); `{{random}}`/`{{roll}}` draw from `rng`
-    (a fresh unseeded one when None).
+    (a fresh unseeded one when None). `persona` replaces `{{persona}}` (left as it is when None).
     """
     draw = rng if rng is not None else random.Random()
     text = _INVISIBLE.sub("", _COMMENT.sub("", text))
     text = _ORIGINAL.sub(lambda _: original, text)
     text = _CHAR.sub(lambda _: char, text)
     text = _USER.sub(lambda _: user, text)
+    if persona is not None:
+        text = _PERSONA.sub(lambda _: persona, text)
     counter = iter(range(1_000_000))
     text = _CHOICE.sub(lambda m: _choose(m, draw, seed, next(counter)), text)
     return _ROLL.sub(lambda m: _roll(m, draw), text)

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,10 @@ def _chat(header: dict[str, Any], messages: list[ImportedMessage], title: str) -
         title=title,
         messages=tuple(messages),
         created=parse_date(header.get("create_date")),
-        persona=_str(meta.get("persona")),
+        persona=_str(_dict(meta.get("moechat")).get("persona")),
         authors_note=_str(meta.get("note_prompt")),
         header=header,
+        locked_persona=_str(meta.get("persona")),
     )
 
 
@@ -194,14 +196,25 @@ def _str(value: object) -> str:
 # writing
 
 
-def to_jsonl(chat: ChatInfo, messages: list[Message], routing: dict[int, RoutingRecord], user_name: str = "You") -> str:
-    """The chat as ST JSONL; `routing` maps swipe ids to their reply routing (summarised under extra.moechat)."""
-    lines = [_header(chat, user_name)]
+def to_jsonl(
+    chat: ChatInfo,
+    messages: list[Message],
+    routing: dict[int, RoutingRecord],
+    user_name: str = "You",
+    *,
+    locked_persona: str = "",
+    personas: Collection[str] = (),
+) -> str:
+    """The chat as ST JSONL; `routing` maps swipe ids to their reply routing (summarised under extra.moechat).
+    `locked_persona` is the avatar id of the persona locked to the chat ("" when none) and `personas` the owner's
+    avatar ids: a chat unlocked here loses the `chat_metadata.persona` it was imported with, an id no persona has
+    is kept as it came."""
+    lines = [_header(chat, user_name, locked_persona, personas)]
     lines += [_line(m, routing) for m in messages]
     return "\n".join(json.dumps(line, ensure_ascii=False, separators=(",", ":")) for line in lines) + "\n"
 
 
-def _header(chat: ChatInfo, user_name: str) -> dict[str, Any]:
+def _header(chat: ChatInfo, user_name: str, locked_persona: str, personas: Collection[str]) -> dict[str, Any]:
     header = copy.deepcopy(chat.header)
     header.setdefault("user_name", user_name)
     header["character_name"] = chat.character_name
@@ -210,8 +223,12 @@ def _header(chat: ChatInfo, user_name: str) -> dict[str, Any]:
     if isinstance(meta, dict):
         if chat.authors_note or "note_prompt" in meta:
             meta["note_prompt"] = chat.authors_note
-        if chat.persona or "persona" in meta:
-            meta["persona"] = chat.persona
+        if locked_persona:
+            meta["persona"] = locked_persona
+        elif isinstance(meta.get("persona"), str) and meta["persona"] in personas:
+            del meta["persona"]
+        if chat.persona and isinstance(meta.setdefault("moechat", {}), dict):
+            meta["moechat"]["persona"] = chat.persona
         if chat.parent_chat_id is not None:
             meta.setdefault("moechat", {}).update(
                 parent_chat_id=chat.parent_chat_id, branch_message_id=chat.branch_message_id

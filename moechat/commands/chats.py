@@ -74,6 +74,10 @@ def _import(store: Store, files: list[Path], character: str) -> int:
             failed += 1
             continue
         print(f"{path}: chat {info.id} ({info.message_count} messages, character {info.character_name!r})")
+        if chat.locked_persona:
+            locked = store.persona_for_export(info.id)[0]
+            said = "locked to the chat" if locked else "kept in the chat's metadata: no persona has that avatar id"
+            print(f"{path}: persona {chat.locked_persona!r} {said}")
         for item in skipped:
             print(f"{path}:{item.line}: skipped: {item.reason}")
     return 1 if failed else 0
@@ -109,7 +113,9 @@ def _export(store: Store, chat_id: int, fmt: str, output: Path) -> int:
     if fmt == "md":
         text = markdown.to_markdown(chat, messages)
     else:
-        text = sillytavern.to_jsonl(chat, messages, dict(store.iter_routing(chat_id)))
+        locked, personas = store.persona_for_export(chat_id)
+        routing = dict(store.iter_routing(chat_id))
+        text = sillytavern.to_jsonl(chat, messages, routing, locked_persona=locked, personas=personas)
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:

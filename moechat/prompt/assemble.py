@@ -37,6 +37,7 @@ class Message:
 
     role: Literal["user", "model"]
     text: str
+    name: str = ""  # a user message's speaker as stored (a persona renamed later keeps old messages' name)
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,12 @@ class _Macros:
     user: str
     seed: int | str
     rng: random.Random
+    persona: str = ""
 
     def __call__(self, text: str, original: str = "") -> str:
-        sub = macros.substitute(text, char=self.char, user=self.user, original=original, seed=self.seed, rng=self.rng)
+        sub = macros.substitute(
+            text, char=self.char, user=self.user, original=original, seed=self.seed, rng=self.rng, persona=self.persona
+        )
         return sub.strip()
 
     def overriding(self, own: str, global_text: str) -> str:
@@ -190,7 +194,11 @@ class _Macros:
 def _parts(req: _Request) -> Parts:
     card, fmt = req.card, req.fmt
     sub = _Macros(
-        card.nickname or card.name, fmt.user_label or req.persona.name or "You", req.seed, random.Random(str(req.seed))
+        card.nickname or card.name,
+        fmt.user_label or req.persona.name or "You",
+        req.seed,
+        random.Random(str(req.seed)),
+        req.persona.description,
     )
     system = fmt.default_system if req.system_prompt is None else req.system_prompt
     lines = _lines(req, sub, sub.overriding(card.system_prompt, system))
@@ -206,7 +214,7 @@ def _parts(req: _Request) -> Parts:
         before=tuple(lines[:split]),
         after=tuple(lines[split + 1 :]),
         examples=tuple(_example(fmt, block, sub.char, sub.user) for block in blocks if block),
-        messages=tuple(Turn(m.role, m.text, names[m.role]) for m in req.history),
+        messages=tuple(Turn(m.role, m.text, _speaker(m, fmt, names)) for m in req.history),
         lore_inject=tuple(Inject(h.depth or 0, sub(h.content), (i,)) for i, h in lore if _at(h, "at_depth")),
         note=_note(req, sub),
         post=sub.overriding(card.post_history_instructions, req.post_history),
@@ -216,6 +224,11 @@ def _parts(req: _Request) -> Parts:
 def _at(hit: LoreHit, position: str) -> bool:
     known = (*LINE_POSITIONS, "an_top", "an_bottom", "at_depth")
     return (hit.position if hit.position in known else "after_char") == position
+
+
+def _speaker(m: Message, fmt: Format, names: dict[str, str]) -> str:
+    """A user message's stored name (as SillyTavern's prompt does), unless the format names the user itself."""
+    return m.name if m.role == "user" and m.name and not fmt.user_label else names[m.role]
 
 
 def _lines(req: _Request, sub: _Macros, system: str) -> list[Line]:

@@ -103,7 +103,7 @@ def build_turn(
     if isinstance(turn.format, StPreset):
         prompt = _st(card, history, speakers, turn, selection, count, count_tokens is None)
         return TurnPrompt(_with_lore(prompt, selection), selection)
-    clean_history = [Message(m.role, clean(m.text)) for m in history]
+    clean_history = [Message(m.role, clean(m.text), name) for m, name in zip(history, speakers, strict=True)]
     prompt = build(
         _clean_card(card),
         clean_history,

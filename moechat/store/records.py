@@ -159,9 +159,10 @@ class ImportedChat:
     title: str
     messages: tuple[ImportedMessage, ...]
     created: float | None = None
-    persona: str = ""
+    persona: str = ""  # a persona description kept with the chat (moechat's own, not SillyTavern's)
     authors_note: str = ""
     header: dict[str, Any] = field(default_factory=dict)
+    locked_persona: str = ""  # the avatar id of the persona locked to the chat (SillyTavern's chat_metadata.persona)
 
 
 @dataclass(frozen=True, slots=True)

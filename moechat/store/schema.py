@@ -62,6 +62,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX world_links_character ON world_links(character_id)",
         "CREATE INDEX world_links_chat ON world_links(chat_id)",
     ),
+    (  # 3: personas (per owner), the default one, and personas locked to a chat or a character
+        """CREATE TABLE personas (
+            id INTEGER PRIMARY KEY, owner TEXT NOT NULL, avatar TEXT NOT NULL, name TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '', extra_json TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL, updated REAL NOT NULL, UNIQUE (owner, avatar))""",
+        """CREATE TABLE persona_defaults (
+            owner TEXT PRIMARY KEY, persona_id INTEGER NOT NULL REFERENCES personas(id) ON DELETE CASCADE)""",
+        """CREATE TABLE persona_locks (
+            persona_id INTEGER NOT NULL REFERENCES personas(id) ON DELETE CASCADE,
+            chat_id INTEGER UNIQUE REFERENCES chats(id) ON DELETE CASCADE,
+            character_id INTEGER UNIQUE REFERENCES characters(id) ON DELETE CASCADE,
+            CHECK ((chat_id IS NULL) <> (character_id IS NULL)))""",
+        "CREATE INDEX persona_locks_persona ON persona_locks(persona_id)",
+        # SillyTavern chats imported before: their chat_metadata.persona (an avatar id) was read as a description
+        """UPDATE chats SET persona = '' WHERE persona != ''
+            AND json_valid(header_json) AND persona = json_extract(header_json, '$.chat_metadata.persona')""",
+    ),
 )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from moechat.errors import StoreError
 from moechat.store.messages import MessagesMixin, insert_message, insert_swipe, inserted_id, read_messages
+from moechat.store.personas import PersonasMixin
 from moechat.store.records import LOCAL_OWNER, Character, ChatInfo, GenStats, ImportedChat, ImportedSwipe
 from moechat.store.routing import copy_for_swipe
 from moechat.store.schema import migrate
@@ -62,7 +63,7 @@ def _card_text(card: str | dict[str, Any]) -> str:
     return json.dumps(card, ensure_ascii=False)
 
 
-class Store(MessagesMixin, WorldsMixin):
+class Store(MessagesMixin, WorldsMixin, PersonasMixin):
     """Open with Store.open(data_dir) or Store(path); use as a context manager or call close()."""
 
     def __init__(self, path: str | Path, owner: str = LOCAL_OWNER) -> None:
@@ -272,6 +273,11 @@ class Store(MessagesMixin, WorldsMixin):
                 (title if title is not None else f"{parent[3] or 'chat'} (branch)", now, now, message_id, chat_id),
             )
             new_id = inserted_id(cur)
+            conn.execute(  # a branch keeps its chat's locked persona, as SillyTavern's branches keep chat_metadata
+                "INSERT INTO persona_locks (persona_id, chat_id)"
+                " SELECT persona_id, ? FROM persona_locks WHERE chat_id = ?",
+                (new_id, chat_id),
+            )
             position = conn.execute("SELECT position FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
             for message in read_messages(conn, "m.chat_id = ? AND m.position <= ?", (chat_id, position)):
                 self._copy_message(conn, message, new_id)
@@ -309,6 +315,7 @@ class Store(MessagesMixin, WorldsMixin):
                 (self.owner, character_id, chat.title, chat.created or now, now, *note_persona, header),
             )
             chat_id = inserted_id(cur)
+            self.lock_imported_persona(conn, self.owner, chat_id, chat.locked_persona)
             for m in chat.messages:
                 message_id = insert_message(conn, chat_id, m.role, m.name, m.created or now, m.hidden, m.source)
                 for swipe in m.swipes or (ImportedSwipe(""),):
