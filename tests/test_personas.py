@@ -4,6 +4,7 @@ real llama.cpp under each persona, and a rename that leaves old messages as they
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -182,7 +183,7 @@ def test_avatars_uploaded_or_drawn_and_removed_with_the_persona(store, tmp_path)
 
     ann = store.add_persona("Ann")
     drawn = persona_avatar_file(store, tmp_path, ann.id)
-    assert open(drawn, "rb").read() == default_avatar("Ann")
+    assert Path(drawn).read_bytes() == default_avatar("Ann")
     jpeg = _jpeg()
     path = set_persona_avatar(store, tmp_path, ann.id, jpeg)
     assert path.read_bytes().startswith(b"\x89PNG") and path == persona_avatar_path(tmp_path, "local", ann.id)

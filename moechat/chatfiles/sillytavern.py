@@ -12,7 +12,6 @@ import copy
 import json
 import math
 import re
-from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -203,18 +202,16 @@ def to_jsonl(
     user_name: str = "You",
     *,
     locked_persona: str = "",
-    personas: Collection[str] = (),
 ) -> str:
     """The chat as ST JSONL; `routing` maps swipe ids to their reply routing (summarised under extra.moechat).
-    `locked_persona` is the avatar id of the persona locked to the chat ("" when none) and `personas` the owner's
-    avatar ids: a chat unlocked here loses the `chat_metadata.persona` it was imported with, an id no persona has
-    is kept as it came."""
-    lines = [_header(chat, user_name, locked_persona, personas)]
+    `locked_persona` is the avatar id of the persona locked to the chat, written as `chat_metadata.persona` ("": the
+    header's as kept, which the store removes when the chat is unlocked)."""
+    lines = [_header(chat, user_name, locked_persona)]
     lines += [_line(m, routing) for m in messages]
     return "\n".join(json.dumps(line, ensure_ascii=False, separators=(",", ":")) for line in lines) + "\n"
 
 
-def _header(chat: ChatInfo, user_name: str, locked_persona: str, personas: Collection[str]) -> dict[str, Any]:
+def _header(chat: ChatInfo, user_name: str, locked_persona: str) -> dict[str, Any]:
     header = copy.deepcopy(chat.header)
     header.setdefault("user_name", user_name)
     header["character_name"] = chat.character_name
@@ -225,8 +222,6 @@ def _header(chat: ChatInfo, user_name: str, locked_persona: str, personas: Colle
             meta["note_prompt"] = chat.authors_note
         if locked_persona:
             meta["persona"] = locked_persona
-        elif isinstance(meta.get("persona"), str) and meta["persona"] in personas:
-            del meta["persona"]
         if chat.persona and isinstance(meta.setdefault("moechat", {}), dict):
             meta["moechat"]["persona"] = chat.persona
         if chat.parent_chat_id is not None:

@@ -75,7 +75,7 @@ def _import(store: Store, files: list[Path], character: str) -> int:
             continue
         print(f"{path}: chat {info.id} ({info.message_count} messages, character {info.character_name!r})")
         if chat.locked_persona:
-            locked = store.persona_for_export(info.id)[0]
+            locked = store.locked_avatar(info.id)
             said = "locked to the chat" if locked else "kept in the chat's metadata: no persona has that avatar id"
             print(f"{path}: persona {chat.locked_persona!r} {said}")
         for item in skipped:
@@ -113,9 +113,8 @@ def _export(store: Store, chat_id: int, fmt: str, output: Path) -> int:
     if fmt == "md":
         text = markdown.to_markdown(chat, messages)
     else:
-        locked, personas = store.persona_for_export(chat_id)
         routing = dict(store.iter_routing(chat_id))
-        text = sillytavern.to_jsonl(chat, messages, routing, locked_persona=locked, personas=personas)
+        text = sillytavern.to_jsonl(chat, messages, routing, locked_persona=store.locked_avatar(chat_id))
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:

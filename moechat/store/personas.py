@@ -147,6 +147,7 @@ class PersonasMixin:
         """Delete a persona with its locks (and the default, when it was the default)."""
         with self._write() as conn:
             _owned(conn, self.owner, persona_id)
+            _forget_imported_lock(conn, "IN (SELECT chat_id FROM persona_locks WHERE persona_id = ?)", persona_id)
             conn.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
 
     def set_default_persona(self, persona_id: int | None) -> None:
@@ -170,6 +171,8 @@ class PersonasMixin:
             if owned.fetchone() is None:
                 raise StoreError(f"{table[:-1]} {target} not found")
             conn.execute(f"DELETE FROM persona_locks WHERE {column} = ?", (target,))
+            if chat_id is not None:
+                _forget_imported_lock(conn, "= ?", chat_id)
             if persona_id is not None:
                 _owned(conn, self.owner, persona_id)
                 conn.execute(f"INSERT INTO persona_locks (persona_id, {column}) VALUES (?, ?)", (persona_id, target))
@@ -195,12 +198,10 @@ class PersonasMixin:
         personas = {p.id: p for p in self.personas()}
         return choose(personas, self.persona_locks(chat_id, character_id), picked)
 
-    def persona_for_export(self, chat_id: int) -> tuple[str, list[str]]:
-        """What a SillyTavern export needs: the avatar id of the persona locked to the chat ("" when none) and
-        every avatar id of this owner (see `chatfiles.sillytavern.to_jsonl`)."""
-        personas = {p.id: p for p in self.personas()}
-        locked = personas.get(self.persona_locks(chat_id).chat or -1)
-        return (locked.avatar if locked else ""), [p.avatar for p in personas.values()]
+    def locked_avatar(self, chat_id: int) -> str:
+        """The avatar id of the persona locked to the chat ("" when none): SillyTavern's `chat_metadata.persona`."""
+        locked = self.persona_locks(chat_id).chat
+        return self.persona(locked).avatar if locked is not None else ""
 
     @staticmethod
     def lock_imported_persona(conn: sqlite3.Connection, owner: str, chat_id: int, avatar: str) -> None:
@@ -229,6 +230,16 @@ def _free_avatar(conn: sqlite3.Connection, owner: str, name: str, now: float) ->
         bump += 1
         avatar = new_avatar_id(name, now + bump / 1000)
     return avatar
+
+
+def _forget_imported_lock(conn: sqlite3.Connection, which: str, arg: int) -> None:
+    """Chats unlocked here (or whose persona is deleted) lose SillyTavern's lock kept in their imported header,
+    as SillyTavern deletes `chat_metadata.persona`."""
+    conn.execute(
+        "UPDATE chats SET header_json = json_remove(header_json, '$.chat_metadata.persona')"
+        f" WHERE id {which} AND json_valid(header_json)",
+        (arg,),
+    )
 
 
 def _lock(conn: sqlite3.Connection, owner: str, column: str, target: int | None) -> int | None:

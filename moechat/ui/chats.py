@@ -135,8 +135,7 @@ class ChatList:
             info, messages = store.chat(session.chat_id), store.messages(session.chat_id)
             if fmt == "jsonl":
                 routing = {s.id: r for m in messages for s in m.swipes if s.has_routing and (r := store.routing(s.id))}
-                locked, personas = store.persona_for_export(session.chat_id)
-                body = to_jsonl(info, messages, routing, locked_persona=locked, personas=personas)
+                body = to_jsonl(info, messages, routing, locked_persona=store.locked_avatar(session.chat_id))
             else:
                 body = to_markdown(info, messages)
         folder = self.exports / f"chats-{hashlib.sha256(session.owner.encode()).hexdigest()[:16]}"
