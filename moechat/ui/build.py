@@ -34,6 +34,7 @@ from moechat.ui.layout import CharactersTab, ChatTab, ModelTab, TalkColumn, char
 from moechat.ui.messages import MessageActions
 from moechat.ui.models import ModelSwitcher, expert_choices
 from moechat.ui.outputs import ChatOpened, ChatOutputs
+from moechat.ui.personas import PersonasUI
 from moechat.ui.session import Session, StopFlags, Stores
 from moechat.ui.turn_inputs import TurnInputs
 from moechat.ui.world_info import WorldInfoUI
@@ -83,6 +84,7 @@ class Handlers:
     actions: MessageActions
     models: ModelSwitcher
     worlds: WorldInfoUI
+    personas: PersonasUI
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def _handlers(slot: ModelSlot, store: Store, settings: Settings) -> Handlers:
         actions=MessageActions(chat_ui),
         worlds=WorldInfoUI(chat_ui.stores),
         models=ModelSwitcher(slot, data_dir),
+        personas=PersonasUI(chat_ui.stores, data_dir),
     )
 
 
@@ -146,6 +149,7 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
         _wire_chats(demo, ui, h, settings)
         _wire_turns(ui, h, on_the_model(settings.parallel))
         _wire_characters(ui, h)
+        _wire_personas(ui, h)
         switched = [model.model_md, model.model_status, chat.routing.layer, chat.talk.solo_expert]
         model.model_load.click(h.models.load, [model.model_in], switched, **MODEL_LOAD)
         model.tab.select(h.models.refresh, [session], [model.model_md], **PRIVATE)
@@ -166,7 +170,11 @@ def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> N
         pics = h.characters.gallery(s)
         return (s.owner, pics, *h.chats.open(s, latest[0].id if latest else None))
 
-    demo.load(on_load, [ui.owner], [ui.owner, side.gallery, *opened], **PRIVATE)
+    panel = ui.chat.talk.personas.values()
+    demo.load(on_load, [ui.owner], [ui.owner, side.gallery, *opened], **PRIVATE).then(
+        h.personas.opened, [ui.session], panel, **PRIVATE
+    )
+    side.chat_pick.change(h.personas.opened, [ui.session, side.chat_pick], panel, **PRIVATE)
     side.gallery.select(h.characters.pick, [ui.session], opened, **PRIVATE)
     side.chat_pick.input(h.chats.pick, [ui.session, side.chat_pick], opened, **PRIVATE)
     side.new_chat.click(h.chats.new, [ui.session, ui.chat.talk.user_name], opened, **PRIVATE)
@@ -240,6 +248,23 @@ def _wire_characters(ui: Page, h: Handlers) -> None:
     talk = ui.chat.talk
     for upload in (talk.st_instruct, talk.st_context):
         upload.upload(w.preset, [ui.session, talk.st_instruct, talk.st_context], [talk.fmt, talk.st_status], **PRIVATE)
+
+
+def _wire_personas(ui: Page, h: Handlers) -> None:
+    p, do = ui.chat.talk.personas, h.personas
+    panel, session = p.values(), [ui.session]
+    p.pick.input(do.pick, [ui.session, p.pick], panel, **PRIVATE)
+    p.new.click(do.create, [ui.session, p.user_name, p.persona], panel, **PRIVATE)
+    p.save.click(do.save, [ui.session, p.user_name, p.persona], panel, **PRIVATE)
+    p.avatar.upload(do.upload_avatar, [ui.session, p.avatar], panel, **PRIVATE)
+    for button, handler in (
+        (p.delete, do.delete),
+        (p.default, do.toggle_default),
+        (p.lock_chat, do.lock_chat),
+        (p.lock_character, do.lock_character),
+        (p.unlock, do.unlock),
+    ):
+        button.click(handler, session, panel, **PRIVATE)
 
 
 def launch(

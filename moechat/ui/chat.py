@@ -99,7 +99,7 @@ class ChatUI(ChatViews):
             return
         with self.stores.lease(session.owner) as store:  # held until the reply is stored
             cancel = self.flags.fresh(_key(request))
-            options = turn.options(session.st_preset)
+            options = turn.options(session.st_preset, session.persona_id)
             kind, text = action.kind, action.text
             display = self.display(session)  # the history part of the chatbot value: built once per turn
             if kind == "send":
@@ -197,7 +197,7 @@ class ChatUI(ChatViews):
             cancel = self.flags.fresh(_key(request))
             shown, draft = 0.0, ""
             try:
-                options = turn.options(session.st_preset)
+                options = turn.options(session.st_preset, session.persona_id)
                 with self.slot.use() as engine:
                     for draft in chat.impersonate(engine, store, chat_id, options, cancel):
                         if time.monotonic() - shown >= LIVE_EVERY_S:

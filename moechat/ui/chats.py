@@ -45,7 +45,9 @@ class ChatList:
         with self._store(session) as store:
             try:
                 if chat_id is None and new_if_none and session.character_id is not None:
-                    chat_id = chat.start_chat(store, session.character_id, user_name=user_name)
+                    chat_id = chat.start_chat(
+                        store, session.character_id, user_name=user_name, persona_id=session.persona_id
+                    )
                 if chat_id is not None:
                     session.character_id = store.chat(chat_id).character_id
             except MoechatError as exc:

@@ -11,6 +11,7 @@ from moechat.prompt.formats import format_names
 from moechat.ui.characters import EDITOR_FIELDS
 from moechat.ui.html import context_html
 from moechat.ui.models import HELP
+from moechat.ui.personas import PersonaPanel, persona_panel
 from moechat.ui.routing import MEAN, layer_choices
 from moechat.ui.turn_inputs import PRESETS, ST_FORMAT
 
@@ -55,6 +56,7 @@ class TalkColumn:
     hidden: gr.Checkbox
     user_name: gr.Textbox
     persona: gr.Textbox
+    personas: PersonaPanel  # the persona panel around user_name and persona
     fmt: gr.Dropdown
     st_instruct: gr.File
     st_context: gr.File
@@ -180,8 +182,7 @@ def _talk_column(experts: list[str]) -> TalkColumn:
             delete_msg = gr.Button("Delete message", elem_id="delete_msg", size="sm", variant="stop")
             hidden = gr.Checkbox(label="Hidden from the model", elem_id="hidden")
     with gr.Accordion("Persona, format and sampling", open=False):
-        user_name = gr.Textbox("You", label="Your name", elem_id="user_name")
-        persona = gr.Textbox(label="Your persona (sent to the model)", lines=2, elem_id="persona")
+        personas = persona_panel()
         fmt = gr.Dropdown(["auto", *format_names(), ST_FORMAT], value="auto", label="Prompt format", elem_id="fmt")
         with gr.Row():
             st_instruct = gr.File(label="SillyTavern instruct preset", elem_id="st_instruct", file_types=[".json"])
@@ -207,8 +208,9 @@ def _talk_column(experts: list[str]) -> TalkColumn:
         save_edit=save_edit,
         delete_msg=delete_msg,
         hidden=hidden,
-        user_name=user_name,
-        persona=persona,
+        user_name=personas.user_name,
+        persona=personas.persona,
+        personas=personas,
         fmt=fmt,
         st_instruct=st_instruct,
         st_context=st_context,

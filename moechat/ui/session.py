@@ -34,6 +34,7 @@ class Session:
     summaries: dict[int, Summary | None] = field(default_factory=dict)  # swipe id -> routing Summary or None (cached)
     last_rate: float | None = None
     st_preset: StPreset | None = None  # SillyTavern instruct/context presets imported in the format picker
+    persona_id: int | None = None  # the persona picked in the persona panel (a lock or the default may apply instead)
 
 
 MAX_OPEN = 32  # visitors' store handles open at once (besides the base), unless more are in use

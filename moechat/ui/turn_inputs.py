@@ -31,8 +31,9 @@ class TurnInputs:
     user_name: str | None
     persona: str | None
 
-    def options(self, st_preset: StPreset | None = None) -> chat.TurnOptions:
-        """The turn's options; the format "SillyTavern preset" uses `st_preset` (imported in the format picker)."""
+    def options(self, st_preset: StPreset | None = None, persona_id: int | None = None) -> chat.TurnOptions:
+        """The turn's options; the format "SillyTavern preset" uses `st_preset` (imported in the format picker);
+        `persona_id` is the persona picked in the persona panel."""
         base = PRESETS.get(self.preset, PRESETS["Balanced"])
         seed = None if self.seed is None or self.seed == -1 else int(self.seed)
         sampling = replace(base, max_tokens=int(self.max_tokens), seed=seed)
@@ -43,5 +44,6 @@ class TurnInputs:
             format=fmt_name,
             user_name=self.user_name or "You",
             persona=self.persona or "",
+            persona_id=persona_id,
             preset=preset,
         )

@@ -1,0 +1,74 @@
+"""The persona panel in a real browser: create a persona with a hostile name (shown as text), a new chat greets it
+by name (`{{user}}` in Operator Ada's greeting), lock it to the chat (the lock wins over another pick), unlock,
+make a default, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Browser, Page, expect
+
+from moechat.gguf.tiny import write_tiny_gguf
+from tests.app_server import AppServer, StartApp, fill_and_hold
+from tests.models import BROWSER_MOE
+
+pytestmark = pytest.mark.browser
+HOSTILE = "Zed <img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, module_app_server: StartApp) -> AppServer:
+    root = tmp_path_factory.mktemp("personas")
+    return module_app_server(write_tiny_gguf(root / "moe.gguf", BROWSER_MOE), root / "data", "--n-ctx", "2048")
+
+
+@pytest.fixture
+def page(browser: Browser, server: AppServer) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    pg = context.new_page()
+    dialogs: list[str] = []
+    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    pg.goto(server.url)
+    expect(pg.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
+    yield pg
+    assert dialogs == []  # no script from any text ever ran
+    context.close()
+
+
+def choose(page: Page, label: str) -> None:
+    page.locator("#persona_pick input").click()
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def test_persona_panel(page: Page) -> None:
+    page.locator("#gallery .thumbnail-item", has_text="Operator Ada").first.click()
+    expect(page.locator("#char_info")).to_contain_text("Operator Ada")
+    page.get_by_text("Persona, format and sampling").click()
+    status = page.locator("#persona_status")
+    expect(status).to_contain_text("typed below")
+    fill_and_hold(page.locator("#user_name textarea, #user_name input").first, HOSTILE)
+    fill_and_hold(page.locator("#persona textarea").first, "A night-shift engineer.")
+    page.locator("#persona_new").click()
+    expect(status).to_contain_text(f"Turns use {HOSTILE} (picked)")
+    page.locator("#new_chat").click()
+    expect(page.get_by_test_id("bot").first).to_contain_text(f"Tell me what you need, {HOSTILE},")
+    page.locator("#persona_lock_chat").click()
+    expect(status).to_contain_text("(locked to this chat)")
+
+    fill_and_hold(page.locator("#user_name textarea, #user_name input").first, "Yara")
+    page.locator("#persona_new").click()  # picked now, but the chat's lock wins
+    expect(status).to_contain_text(f"Turns use {HOSTILE} (locked to this chat). Unlock to use Yara.")
+    page.locator("#persona_unlock").click()
+    expect(status).to_contain_text("Turns use Yara (picked)")
+    page.locator("#persona_default").click()
+    expect(page.locator("#persona_pick input")).to_have_value("Yara · default")
+
+    choose(page, f"{HOSTILE}")
+    expect(page.locator("#persona textarea").first).to_have_value("A night-shift engineer.")
+    page.locator("#persona_delete").click()
+    expect(status).to_contain_text("Turns use Yara")
+    expect(page.locator("#persona_pick input")).to_have_value("Yara · default")
+    expect(page.locator("#persona_avatar img")).to_be_visible()
