@@ -1,4 +1,4 @@
-"""SillyTavern personas (docs/formats.md §3.8): read from its `settings.json` (`power_user.personas`,
+"""SillyTavern personas (docs/formats.md §3.11): read from its `settings.json` (`power_user.personas`,
 `power_user.persona_descriptions`, `power_user.default_persona`) or from the file its "Backup personas" button
 writes (the same three keys at the top). Pure: returns records; the images are in `User Avatars/`, named by the
 avatar ids. Everything of a descriptor besides its description (position, depth, role, lorebook, connections,

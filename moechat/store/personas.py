@@ -1,6 +1,6 @@
 """Personas in the store: who the user is in a chat (name, description, avatar), stored per owner, one of them the
 owner's default, and personas locked to a chat or to a character. `choose` is the rule that picks the persona of a
-turn (docs/formats.md §3.8): a chat lock, else a character lock, else the one picked in the UI, else the default.
+turn (docs/formats.md §3.11): a chat lock, else a character lock, else the one picked in the UI, else the default.
 
 A persona's `avatar` is SillyTavern's avatar id (the image's file name in `User Avatars/`), unique per owner: it is
 how SillyTavern's settings and a chat's `chat_metadata.persona` name a persona. Deleting a persona removes its
