@@ -220,3 +220,21 @@ def test_migration_3_clears_avatar_ids_read_as_persona_text(tmp_path):
     with Store.open(tmp_path) as store:
         assert store.version == len(MIGRATIONS)
         assert (store.chat(1).persona, store.chat(2).persona) == ("", "A real one.")
+
+
+def test_persona_macro_and_stored_speaker_names_in_the_built_in_formats():
+    from moechat.cards import macros
+    from moechat.cards.card import card_from_json
+    from moechat.prompt.assemble import Message, Persona, build
+    from moechat.prompt.formats import get_format
+
+    assert macros.substitute("{{PERSONA}} / {{user}}", char="C", user="Ann", persona="a sailor") == "a sailor / Ann"
+    assert macros.substitute("{{persona}}", char="C", user="Ann") == "{{persona}}"  # no persona given: left alone
+    card = card_from_json({**CARD, "data": {**CARD["data"], "description": "{{char}} knows {{user}}: {{persona}}"}})
+    history = [Message("user", "hi", "Old name"), Message("model", "hello"), Message("user", "again")]
+    persona = Persona("New name", "a captain")
+    text = build(card, history, fmt=get_format("metharme"), persona=persona).text
+    assert "Mira knows New name: a captain" in text
+    assert "<|user|>Old name: hi" in text and "<|user|>New name: again" in text
+    pyg = build(card, history, fmt=get_format("pygmalion"), persona=persona).text  # the format names the user "You"
+    assert "You: hi" in pyg and "Old name" not in pyg
