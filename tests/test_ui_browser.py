@@ -125,7 +125,7 @@ def test_history_survives_reload_and_restart(page: Page, server: AppServer) -> N
 
 def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path, server: AppServer) -> None:
     card = Card(
-        name="Hostile Harry",
+        name="Hostile Harry <b>bold</b>",
         description=HOSTILE,
         first_mes=f"<script>alert(2)</script> Hi! {HOSTILE}",
         creator_notes=f"notes {HOSTILE}",
@@ -135,7 +135,8 @@ def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path, ser
     path.write_bytes(card_bytes(card, "png"))
     page.get_by_role("tab", name="Characters").click()
     page.locator("#card_upload input[type=file]").set_input_files(str(path))
-    expect(page.get_by_text("Imported Hostile Harry.")).to_be_visible(timeout=30_000)
+    toast = page.get_by_test_id("toast-text").filter(has_text="Imported Hostile Harry")
+    expect(toast).to_have_text("Imported Hostile Harry <b>bold</b>.", timeout=30_000)  # a toast shows the name as text
     page.get_by_role("tab", name="Chat").click()
     expect(page.locator("#char_info")).to_contain_text(f"notes {HOSTILE}")
     expect(page.get_by_test_id("bot").first).to_contain_text("<script>alert(2)</script> Hi!")

@@ -15,7 +15,7 @@ from moechat.errors import MoechatError
 from moechat.library import add_card, avatar_file, card_of, edited_card, export_card
 from moechat.store.store import Store
 from moechat.ui.chats import ChatList
-from moechat.ui.html import card_markdown
+from moechat.ui.html import card_markdown, esc
 from moechat.ui.outputs import ChatOpened
 from moechat.ui.session import Session
 
@@ -79,9 +79,9 @@ class Characters:
             with self._store(session) as store:
                 character = add_card(store, self.data_dir, card)
         except MoechatError as exc:
-            gr.Warning(f"could not import {Path(path).name}: {exc}")
+            gr.Warning(esc(f"could not import {Path(path).name}: {exc}"))
             return _unchanged()
-        gr.Info(f"Imported {character.name}.")
+        gr.Info(f"Imported {esc(character.name)}.")
         opened = self.open_character(session, character.id)
         return (self.gallery(session), *opened)
 
@@ -94,7 +94,7 @@ class Characters:
             with self._store(session) as store:
                 return str(export_card(store, self.data_dir, session.character_id, fmt, folder))
         except MoechatError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(esc(exc))
             return None
 
     def save(self, session: Session, as_new: bool, *values: str) -> tuple:
@@ -106,9 +106,9 @@ class Characters:
                 base = card_of(store, self.data_dir, target) if target is not None else None
                 character = add_card(store, self.data_dir, edited_card(base, fields), target)
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
                 return _unchanged()
-        gr.Info(f"Saved {character.name}.")
+        gr.Info(f"Saved {esc(character.name)}.")
         return (self.gallery(session), *self.open_character(session, character.id))
 
     def save_new(self, session: Session, *values: str) -> tuple:
@@ -127,7 +127,7 @@ class Characters:
             with self._store(session) as store:
                 store.delete_character(session.character_id)
         except MoechatError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(esc(exc))
             return _unchanged()
         session.character_id = None
         return (self.gallery(session), *self.chats.open(session, None))

@@ -20,7 +20,7 @@ from moechat import chat
 from moechat.engine.engine import Engine
 from moechat.errors import MoechatError
 from moechat.moe.steering import steering_label
-from moechat.ui.html import chat_message, context_html, queue_place
+from moechat.ui.html import chat_message, context_html, esc, queue_place
 from moechat.ui.live import LiveReply
 from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import Shown, heatmap, metrics_view, share_bars, token_view
@@ -121,10 +121,10 @@ class ChatUI(ChatViews):
                         last = upd
                         yield values
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
             except Exception as exc:  # the app stays up; the log keeps the traceback
                 log.exception("turn failed")
-                gr.Warning(f"generation failed: {exc}")
+                gr.Warning(esc(f"generation failed: {exc}"))
         yield self._after_turn(session, last)
 
     def _fold(
@@ -204,7 +204,7 @@ class ChatUI(ChatViews):
                             shown = time.monotonic()
                             yield draft
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
         yield draft
 
     def stop(self, request: gr.Request | None = None) -> None:

@@ -20,7 +20,7 @@ from moechat.library import avatar_file, card_of
 from moechat.store.records import ChatInfo
 from moechat.store.store import Store
 from moechat.ui.chat import ChatUI
-from moechat.ui.html import card_markdown
+from moechat.ui.html import card_markdown, esc
 from moechat.ui.outputs import ChatOpened
 from moechat.ui.session import Session
 
@@ -51,7 +51,7 @@ class ChatList:
                 if chat_id is not None:
                     session.character_id = store.chat(chat_id).character_id
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
                 return self.skip()
             session.chat_id, session.selected, session.shown = chat_id, None, None
             views = self.ui.views(session)
@@ -98,7 +98,7 @@ class ChatList:
             with self._store(session) as store:
                 store.update_chat(session.chat_id, title=title.strip())
         except MoechatError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(esc(exc))
         return self.open(session, session.chat_id)
 
     def delete(self, session: Session) -> tuple:
@@ -108,7 +108,7 @@ class ChatList:
             try:
                 store.delete_chat(session.chat_id)
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
                 return self.skip()
             rest = store.chats(session.character_id) if session.character_id is not None else []
         return self.open(session, rest[0].id if rest else None)
@@ -122,7 +122,7 @@ class ChatList:
             with self._store(session) as store:
                 new = store.branch(session.chat_id, at)
         except MoechatError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(esc(exc))
             return self.skip()
         gr.Info("Branched: you are now in the new chat.")
         return self.open(session, new.id)

@@ -12,6 +12,7 @@ import gradio as gr
 from moechat.errors import MoechatError
 from moechat.store.store import Store
 from moechat.ui.chat import ChatUI
+from moechat.ui.html import esc
 from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import parse_layer, token_view
 from moechat.ui.session import Session
@@ -48,7 +49,7 @@ class MessageActions:
             with self._store(session) as store:
                 action(store, message_id)
         except MoechatError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(esc(exc))
             return ChatOutputs.skip()
         return self.ui.views(session)
 
@@ -78,7 +79,7 @@ class MessageActions:
                     return ChatOutputs.skip()
                 store.step_swipe(last, delta)
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
                 return ChatOutputs.skip()
         session.selected = last
         return self.ui.views(session)

@@ -56,16 +56,16 @@ class ModelSwitcher:
             progress(None, desc=f"loading {resolved.path.name}")
             engine = Engine.load(resolved.path, **self.slot.load_options)
         except MoechatError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(esc(exc))
             return (gr.skip(), f"**Could not load {esc(value)}:** {esc(exc)}", gr.skip(), gr.skip())
         except Exception as exc:  # the app stays up with the old model
             log.exception("model load failed")
-            gr.Warning(f"loading {value} failed: {exc}")
+            gr.Warning(esc(f"loading {value} failed: {exc}"))
             return (gr.skip(), f"**Could not load {esc(value)}:** {esc(exc)}", gr.skip(), gr.skip())
         if resolved.offline:
             gr.Warning("Offline: the model came from the Hugging Face cache.")
         self.slot.switch(engine)
-        gr.Info(f"Now chatting with {engine.info.name}.")
+        gr.Info(f"Now chatting with {esc(engine.info.name)}.")
         experts = expert_choices(engine)
         return (
             self.panel(),

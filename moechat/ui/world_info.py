@@ -48,9 +48,9 @@ class WorldInfoUI:
             with self._store(session) as store:
                 store.save_world(lore.name, text)
         except (MoechatError, OSError, UnicodeDecodeError) as exc:
-            gr.Warning(f"could not import {file.name}: {exc}")
+            gr.Warning(esc(f"could not import {file.name}: {exc}"))
             return gr.skip(), gr.skip()
-        gr.Info(f"Imported World Info {lore.name!r} ({len(lore.rules)} entries).")
+        gr.Info(esc(f"Imported World Info {lore.name!r} ({len(lore.rules)} entries)."))
         return gr.update(choices=self.names(session), value=lore.name), self.status(session)
 
     def attach(self, session: Session, name: str | None, scope: Scope, attached: bool = True) -> str:
@@ -65,7 +65,7 @@ class WorldInfoUI:
                 with self._store(session) as store:
                     store.attach_world(name, scope, target, attached=attached)
             except MoechatError as exc:
-                gr.Warning(str(exc))
+                gr.Warning(esc(exc))
         return self.status(session)
 
     def detach_everywhere(self, session: Session, name: str | None) -> str:
@@ -99,7 +99,7 @@ class WorldInfoUI:
             ctx = Path(context).read_text(encoding="utf-8") if context else None
             preset: StPreset = load_preset(Path(instruct).read_text(encoding="utf-8"), ctx)
         except (MoechatError, OSError, UnicodeDecodeError) as exc:
-            gr.Warning(f"could not read the preset: {exc}")
+            gr.Warning(esc(f"could not read the preset: {exc}"))
             return gr.skip(), gr.skip()
         session.st_preset = preset
         label = f"{preset.instruct.get('name', 'instruct')} + {preset.context.get('name', 'context')}"
