@@ -227,8 +227,11 @@ def _at(hit: LoreHit, position: str) -> bool:
 
 
 def _speaker(m: Message, fmt: Format, names: dict[str, str]) -> str:
-    """A user message's stored name (as SillyTavern's prompt does), unless the format names the user itself."""
-    return m.name if m.role == "user" and m.name and not fmt.user_label else names[m.role]
+    """A message's stored name (as SillyTavern's prompt does: a user message's, a group member's reply), unless the
+    format names the user itself."""
+    if m.role == "user":
+        return m.name if m.name and not fmt.user_label else names["user"]
+    return m.name or names["model"]
 
 
 def _lines(req: _Request, sub: _Macros, system: str) -> list[Line]:

@@ -85,9 +85,11 @@ def build_turn(
     *,
     names: Sequence[str] | None = None,
     count_tokens: Callable[[str], int] | None = None,
+    member_names: bool = False,
 ) -> TurnPrompt:
     """The exact prompt for the next turn. `history` is oldest first (hidden messages left out); `names` are the
-    speakers' names as stored (default: the persona's for the user, the card's for the character)."""
+    speakers' names as stored (default: the persona's for the user, the card's for the character). The built-in
+    formats name the character's replies after the card, or with `member_names` (a group chat) as stored."""
     count = count_tokens or estimate_tokens
     speakers = list(names) if names is not None else [_speaker(m, card, turn) for m in history]
     max_context = turn.context - turn.reserve
@@ -103,7 +105,10 @@ def build_turn(
     if isinstance(turn.format, StPreset):
         prompt = _st(card, history, speakers, turn, selection, count, count_tokens is None)
         return TurnPrompt(_with_lore(prompt, selection), selection)
-    clean_history = [Message(m.role, clean(m.text), name) for m, name in zip(history, speakers, strict=True)]
+    clean_history = [
+        Message(m.role, clean(m.text), name if m.role == "user" or member_names else "")
+        for m, name in zip(history, speakers, strict=True)
+    ]
     prompt = build(
         _clean_card(card),
         clean_history,

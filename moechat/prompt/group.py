@@ -1,0 +1,121 @@
+"""The prompt of a group chat's reply, built for the member who speaks (docs/formats.md §2.8) with the one turn
+builder (`prompt/turn.py`), as SillyTavern's `Generate` does for the drafted member:
+
+- swap (SillyTavern's generation mode 0): the speaker's card alone;
+- join (1) and join with muted members (2): description, personality, scenario and example messages are every
+  member's, each with its own `{{char}}` and wrapped in the join prefix and suffix (`<FIELDNAME>` is the field's
+  name), as `getGroupCharacterCards` joins them; muted members are left out in join mode unless they speak;
+- system prompt, post-history instructions and lore are always the speaker's; `{{char}}` is the speaker,
+  `{{group}}` and `{{charIfNotGroup}}` the members' names joined with ", ";
+- the group nudge (`[Write the next reply only as {{char}}.]`) goes after the history, before the post-history
+  instructions (not for impersonation); every other member's `\\nName:` is a stop string.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from moechat.cards import macros
+from moechat.cards.card import Card
+from moechat.prompt.assemble import Message, Persona
+from moechat.prompt.turn import Lore, Mode, Turn, TurnPrompt, build_turn
+
+GenerationMode = Literal["swap", "join", "join_muted"]
+GENERATION_MODES: tuple[GenerationMode, ...] = ("swap", "join", "join_muted")  # SillyTavern's numbers 0, 1, 2
+GROUP_NUDGE = "[Write the next reply only as {{char}}.]"
+JOINED_FIELDS = (
+    ("description", "Description"),
+    ("personality", "Personality"),
+    ("scenario", "Scenario"),
+    ("mes_example", "Example Messages"),
+)
+_GROUP_MACRO = re.compile(r"\{\{(?:group|charIfNotGroup)\}\}|<GROUP>|<CHARIFNOTGROUP>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Group:
+    """What a group reply's prompt depends on besides the turn: the members' cards in order and the settings."""
+
+    name: str
+    members: tuple[Card, ...]
+    muted: frozenset[int] = frozenset()  # indexes into members
+    mode: GenerationMode = "swap"
+    join_prefix: str = ""
+    join_suffix: str = ""
+    nudge: str = GROUP_NUDGE
+
+    @property
+    def names(self) -> str:
+        """`{{group}}`: the members' names, in order."""
+        return ", ".join(card.name for card in self.members if card.name)
+
+
+def group_macros(text: str, group: Group) -> str:
+    """`{{group}}` and `{{charIfNotGroup}}` (and their `<GROUP>` forms) replaced by the members' names."""
+    return _GROUP_MACRO.sub(lambda _: group.names, text)
+
+
+def speaker_card(group: Group, speaker: int, user: str, mode: Mode = "reply", seed: int | str = 0) -> Card:
+    """The card the speaker's prompt is built from: its own, with joined fields in the join modes, the nudge
+    before its post-history instructions, and the group macros replaced."""
+    card = group.members[speaker]
+    fields = {name: getattr(card, name) for name, _ in JOINED_FIELDS}
+    if group.mode != "swap":
+        fields = {name: _joined(group, speaker, user, name, label, seed) for name, label in JOINED_FIELDS}
+    nudge = group.nudge if mode != "impersonate" else ""
+    post = "\n".join(text for text in (nudge.strip(), card.post_history_instructions.strip()) if text)
+    fields |= {"system_prompt": card.system_prompt, "post_history_instructions": post}
+    return card.model_copy(update={name: group_macros(text, group) for name, text in fields.items()})
+
+
+def _joined(group: Group, speaker: int, user: str, field: str, label: str, seed: int | str) -> str:
+    """One field over the members, as `getGroupCharacterCards` joins it (instruct wrap on: `\\n` around it)."""
+    rng = random.Random(f"join|{seed}|{field}")
+
+    def sub(text: str, name: str) -> str:
+        return macros.substitute(text.replace("<FIELDNAME>", label).strip(), char=name, user=user, seed=seed, rng=rng)
+
+    parts = []
+    for i, card in enumerate(group.members):
+        if i in group.muted and i != speaker and group.mode != "join_muted":
+            continue
+        value = getattr(card, field).strip()
+        if not value:
+            continue
+        prefix, suffix = sub(group.join_prefix, card.name), sub(group.join_suffix, card.name)
+        parts.append(f"{prefix + chr(10) if prefix else ''}{sub(value, card.name)}{chr(10) + suffix if suffix else ''}")
+    return "\n".join(part for part in parts if part)
+
+
+def build_group_turn(
+    group: Group,
+    speaker: int,
+    history: Sequence[Message],
+    turn: Turn,
+    lore: Lore | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+) -> TurnPrompt:
+    """The exact prompt for member `speaker`'s reply. `names` are the messages' speakers as stored (a reply's: the
+    member who said it; default: the messages' own `name`); `lore` is the speaker's (SillyTavern scans only the drafted
+    member's books)."""
+    card = speaker_card(group, speaker, turn.persona.name, turn.mode, turn.seed)
+    system = turn.system_prompt
+    turn = replace(
+        turn,
+        persona=Persona(turn.persona.name, group_macros(turn.persona.description, group)),
+        note=replace(turn.note, text=group_macros(turn.note.text, group)) if turn.note.text else turn.note,
+        system_prompt=group_macros(system, group) if system is not None else None,
+    )
+    if names is None:  # default: the names the messages carry
+        names = [m.name or (turn.persona.name if m.role == "user" else card.name) for m in history]
+    out = build_turn(card, history, turn, lore or Lore(), names=names, count_tokens=count_tokens, member_names=True)
+    others = tuple(
+        f"\n{c.name}:" for i, c in enumerate(group.members) if i != speaker and c.name and c.name != card.name
+    )
+    return replace(out, prompt=replace(out.prompt, stops=tuple(dict.fromkeys((*out.prompt.stops, *others)))))
