@@ -19,8 +19,10 @@ from moechat.cards.world_info import Rule, parse_lore
 from moechat.engine.engine import Engine
 from moechat.engine.types import Sampling, Token, Waiting
 from moechat.errors import StoreError
+from moechat.groups import greetings, next_members, prompt_group, speaker_of
 from moechat.prompt import formats
 from moechat.prompt.assemble import AuthorsNote, Message, Persona, Prompt, Report
+from moechat.prompt.group import build_group_turn
 from moechat.prompt.st_preset import StPreset
 from moechat.prompt.turn import Lore, Turn, TurnPrompt, build_turn, card_lore
 from moechat.routing.metrics import Routing
@@ -100,6 +102,23 @@ def turn_persona(store: Store, chat_id: int, options: TurnOptions) -> Persona:
     return Persona(options.user_name, options.persona or store.chat(chat_id).persona)
 
 
+def start_group_chat(
+    store: Store,
+    group_id: int,
+    *,
+    user_name: str = "You",
+    title: str = "",
+    persona_id: int | None = None,
+    persona: str = "",
+) -> int:
+    """A new chat of a group, opening with each member's greeting in order (alternate greetings as swipes), `{{user}}`
+    and `{{persona}}` as in `start_chat` (the picked persona, else the default, else `user_name` and `persona`)."""
+    group = store.group(group_id)
+    chosen = store.chosen_persona(picked=persona_id)
+    user = Persona(chosen.persona.name, chosen.persona.description) if chosen else Persona(user_name, persona)
+    return store.create_group_chat(group_id, greetings(store, group, user.name, user.description), title=title).id
+
+
 def character_card(store: Store, character_id: int) -> Card:
     return card_from_json(store.character(character_id).card())
 
@@ -116,7 +135,41 @@ def send(
     if not user_text.strip():
         raise StoreError("nothing to send: the message is empty")
     user = store.add_message(chat_id, "user", user_text, name=turn_persona(store, chat_id, options).name)
-    yield from _turn(engine, store, chat_id, options, cancel, "reply", prompt_message=user)
+    group = store.chat_group(chat_id)
+    if group is None:
+        yield from _turn(engine, store, chat_id, options, cancel, "reply", prompt_message=user)
+        return
+    speakers = next_members(store, chat_id, group, user_text, options.sampling.seed)
+    for i, speaker in enumerate(speakers):  # one after another, as SillyTavern drafts them; stop ends the round
+        if cancel is not None and cancel.is_set():
+            return
+        yield from _turn(
+            engine, store, chat_id, options, cancel, "reply", prompt_message=None if i else user, speaker=speaker
+        )
+
+
+def trigger(
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    character_id: int | None = None,
+    options: TurnOptions = TurnOptions(),
+    cancel: threading.Event | None = None,
+) -> Iterator[Update]:
+    """A group member speaks without a user message: `character_id` (SillyTavern's "speak" button, any member,
+    muted too), else whoever the group's strategy picks from the last message."""
+    group = store.chat_group(chat_id)
+    if group is None:
+        raise StoreError("only a group chat has members to ask: this chat has one character")
+    if character_id is not None:
+        group.member(character_id)
+        speakers = [character_id]
+    else:
+        speakers = next_members(store, chat_id, group, "", options.sampling.seed)
+    for speaker in speakers:
+        if cancel is not None and cancel.is_set():
+            return
+        yield from _turn(engine, store, chat_id, options, cancel, "reply", speaker=speaker)
 
 
 def regenerate(
@@ -161,18 +214,35 @@ def impersonate(
 
 
 def prompt_for(
-    engine: Engine, store: Store, chat_id: int, options: TurnOptions, mode: Mode, messages: list[StoredMessage]
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    options: TurnOptions,
+    mode: Mode,
+    messages: list[StoredMessage],
+    speaker: int | None = None,
 ) -> Prompt:
     """The exact prompt for the next turn of `chat_id` over `messages` (what the model will see)."""
-    return turn_for(engine, store, chat_id, options, mode, messages).prompt
+    return turn_for(engine, store, chat_id, options, mode, messages, speaker).prompt
 
 
 def turn_for(
-    engine: Engine, store: Store, chat_id: int, options: TurnOptions, mode: Mode, messages: list[StoredMessage]
+    engine: Engine,
+    store: Store,
+    chat_id: int,
+    options: TurnOptions,
+    mode: Mode,
+    messages: list[StoredMessage],
+    speaker: int | None = None,
 ) -> TurnPrompt:
-    """The prompt and the lore that fired, built by `prompt.turn.build_turn` (as the `prompt` CLI does)."""
+    """The prompt and the lore that fired, built by `prompt.turn.build_turn` (as the `prompt` CLI does); in a group
+    chat for member `speaker` (default: who would swipe the last reply) by `prompt.group.build_group_turn`."""
     chat = store.chat(chat_id)
-    card = character_card(store, chat.character_id)
+    group = store.chat_group(chat_id)
+    character_id = (
+        chat.character_id if group is None else speaker if speaker is not None else speaker_of(store, chat_id, group)
+    )
+    card = character_card(store, character_id)
     shown = [m for m in messages if m.role != "system"]
     history = [Message("user" if m.role == "user" else "model", m.text) for m in shown]
     persona = turn_persona(store, chat_id, options)
@@ -195,7 +265,11 @@ def turn_for(
         mode=mode,
         seed=chat_id,
     )
-    lore = stored_lore(store, card, chat.character_id, chat_id)
+    lore = stored_lore(store, card, character_id, chat_id)
+    if group is not None:
+        index = [m.character_id for m in group.members].index(character_id)
+        g = prompt_group(store, group)
+        return build_group_turn(g, index, history, turn, lore, names=names, count_tokens=engine.count_tokens)
     return build_turn(card, history, turn, lore, names=names, count_tokens=engine.count_tokens)
 
 
@@ -240,12 +314,16 @@ def _turn(
     *,
     target: StoredMessage | None = None,
     prompt_message: StoredMessage | None = None,
+    speaker: int | None = None,
 ) -> Iterator[Update]:
     visible = _visible(store, chat_id)
     if target is not None and mode == "reply":  # regenerate: the chat as it was before that reply
         visible = [m for m in visible if m.position < target.position]
-    p = prompt_for(engine, store, chat_id, options, mode, visible)
-    card = character_card(store, store.chat(chat_id).character_id)
+    group = store.chat_group(chat_id)
+    if group is not None and speaker is None:  # swipe, regenerate, continue: the member who said it
+        speaker = speaker_of(store, chat_id, group, target)
+    p = prompt_for(engine, store, chat_id, options, mode, visible, speaker)
+    card = character_card(store, speaker if speaker is not None else store.chat(chat_id).character_id)
     if mode == "continue":
         assert target is not None, "continue extends a reply"
         swipe = target.current
@@ -253,6 +331,8 @@ def _turn(
         swipe = store.begin_reply(
             chat_id, name=card.name, model=options.label or engine.info.name, message_id=target.id if target else None
         )
+        if speaker is not None:
+            store.set_speaker(swipe.message_id, speaker)
     reply = _Reply(engine, store, chat_id, swipe, p.report)
     sampling = replace(options.sampling, stop=_stops(options.sampling, p))
     tokens = engine.stream_waiting(engine.tokenize(p.text), sampling, cancel)

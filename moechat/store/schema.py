@@ -79,6 +79,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """UPDATE chats SET persona = '' WHERE persona != ''
             AND json_valid(header_json) AND persona = json_extract(header_json, '$.chat_metadata.persona')""",
     ),
+    (  # 4: group chats: groups, their members in order, which chats are a group's, which member said a message
+        """CREATE TABLE groups (
+            id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL,
+            strategy TEXT NOT NULL DEFAULT 'natural', generation_mode TEXT NOT NULL DEFAULT 'swap',
+            allow_self_responses INTEGER NOT NULL DEFAULT 0, join_prefix TEXT NOT NULL DEFAULT '',
+            join_suffix TEXT NOT NULL DEFAULT '', source_json TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL, updated REAL NOT NULL)""",
+        "CREATE INDEX groups_owner ON groups(owner, name)",
+        """CREATE TABLE group_members (
+            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            character_id INTEGER NOT NULL REFERENCES characters(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL, muted INTEGER NOT NULL DEFAULT 0, avatar TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (group_id, character_id))""",
+        "CREATE INDEX group_members_character ON group_members(character_id)",
+        """CREATE TABLE group_chats (
+            chat_id INTEGER PRIMARY KEY REFERENCES chats(id) ON DELETE CASCADE,
+            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE)""",
+        "CREATE INDEX group_chats_group ON group_chats(group_id)",
+        """CREATE TABLE message_speakers (
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            character_id INTEGER NOT NULL REFERENCES characters(id) ON DELETE CASCADE)""",
+        "CREATE INDEX message_speakers_character ON message_speakers(character_id)",
+    ),
 )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from moechat.errors import StoreError
+from moechat.store.groups import GroupsMixin, copy_group_links
 from moechat.store.messages import MessagesMixin, insert_message, insert_swipe, inserted_id, read_messages
 from moechat.store.personas import PersonasMixin
 from moechat.store.records import LOCAL_OWNER, Character, ChatInfo, GenStats, ImportedChat, ImportedSwipe
@@ -63,7 +64,7 @@ def _card_text(card: str | dict[str, Any]) -> str:
     return json.dumps(card, ensure_ascii=False)
 
 
-class Store(MessagesMixin, WorldsMixin, PersonasMixin):
+class Store(MessagesMixin, WorldsMixin, PersonasMixin, GroupsMixin):
     """Open with Store.open(data_dir) or Store(path); use as a context manager or call close()."""
 
     def __init__(self, path: str | Path, owner: str = LOCAL_OWNER) -> None:
@@ -279,12 +280,15 @@ class Store(MessagesMixin, WorldsMixin, PersonasMixin):
                 (new_id, chat_id),
             )
             position = conn.execute("SELECT position FROM messages WHERE id = ?", (message_id,)).fetchone()[0]
-            for message in read_messages(conn, "m.chat_id = ? AND m.position <= ?", (chat_id, position)):
-                self._copy_message(conn, message, new_id)
+            copied = {
+                message.id: self._copy_message(conn, message, new_id)
+                for message in read_messages(conn, "m.chat_id = ? AND m.position <= ?", (chat_id, position))
+            }
+            copy_group_links(conn, chat_id, new_id, copied)
         return self.chat(new_id)
 
     @staticmethod
-    def _copy_message(conn: sqlite3.Connection, message: Any, chat_id: int) -> None:
+    def _copy_message(conn: sqlite3.Connection, message: Any, chat_id: int) -> int:
         new_message = insert_message(
             conn, chat_id, message.role, message.name, message.created, message.hidden, message.source
         )
@@ -293,6 +297,7 @@ class Store(MessagesMixin, WorldsMixin, PersonasMixin):
             conn.execute("UPDATE swipes SET routing_stale = ? WHERE id = ?", (int(swipe.routing_stale), new_swipe))
             copy_for_swipe(conn, swipe.id, new_swipe)
         conn.execute("UPDATE messages SET swipe_index = ? WHERE id = ?", (message.swipe_index, new_message))
+        return new_message
 
     def import_chat(self, chat: ImportedChat, card: str | dict[str, Any] | None = None) -> ChatInfo:
         """Store an imported chat in one transaction (all or nothing), under the character of that
