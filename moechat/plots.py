@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from moechat.colors import diverging_scale, expert_colors, token_colors
 from moechat.routing.metrics import first_choice
@@ -19,6 +20,8 @@ from moechat.routing.metrics import first_choice
 Figure = go.Figure  # what the figure functions return, for modules that must not import plotly
 
 __all__ = [
+    "character_drift_figure",
+    "character_layers_figure",
     "drift_figure",
     "fidelity_figure",
     "heatmap_figure",
@@ -172,4 +175,60 @@ def fidelity_figure(
     fig.update_layout(title=safe_text(title) if title else "routing fidelity", **_LAYOUT)
     fig.update_xaxes(title_text="layer")
     fig.update_yaxes(title_text="agreement", range=[low - 0.02, 1.02])
+    return fig
+
+
+def character_layers_figure(layer_share: np.ndarray, names: Sequence[str], expert_names: Sequence[str]) -> go.Figure:
+    """Per-layer shares per character: layer_share [C, L, E], one row of stacked bars per character."""
+    rows = max(len(names), 1)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, subplot_titles=[safe_text(n) for n in names])
+    colors = expert_colors(len(expert_names))
+    layers = np.arange(layer_share.shape[1]) if layer_share.ndim == 3 else np.arange(0)
+    for c in range(len(names)):
+        for i, expert in enumerate(expert_names):
+            shown = safe_text(expert)
+            fig.add_bar(
+                x=layers,
+                y=layer_share[c, :, i],
+                name=shown,
+                legendgroup=shown,
+                showlegend=c == 0,
+                marker_color=colors[i],
+                hovertemplate=f"{safe_text(names[c])} · {shown}<br>layer %{{x}}: %{{y:.1%}}<extra></extra>",
+                row=c + 1,
+                col=1,
+            )
+        fig.update_yaxes(range=[0, 1], tickformat=".0%", row=c + 1, col=1)
+    fig.update_layout(
+        barmode="stack", title="expert share per layer, per character", height=140 + 160 * rows, **_LAYOUT
+    )
+    fig.update_xaxes(title_text="layer", row=rows, col=1)
+    return fig
+
+
+def character_drift_figure(drift: Sequence[np.ndarray], names: Sequence[str], expert_names: Sequence[str]) -> go.Figure:
+    """How each character's split drifts over its replies: drift[c] [M_c, E], one panel per character."""
+    rows = max(len(names), 1)
+    fig = make_subplots(rows=rows, cols=1, subplot_titles=[safe_text(n) for n in names])
+    colors = expert_colors(len(expert_names))
+    for c, shares in enumerate(drift):
+        replies = np.arange(1, shares.shape[0] + 1)
+        for i, expert in enumerate(expert_names):
+            shown = safe_text(expert)
+            fig.add_scatter(
+                x=replies,
+                y=shares[:, i],
+                mode="lines+markers",
+                name=shown,
+                legendgroup=shown,
+                showlegend=c == 0,
+                line_color=colors[i],
+                hovertemplate=f"{safe_text(names[c])} · {shown}<br>reply %{{x}}: %{{y:.1%}}<extra></extra>",
+                row=c + 1,
+                col=1,
+            )
+        fig.update_yaxes(range=[0, 1], tickformat=".0%", row=c + 1, col=1)
+        fig.update_xaxes(tickmode="linear", dtick=1, row=c + 1, col=1)
+    fig.update_layout(title="expert share per reply, per character", height=140 + 160 * rows, **_LAYOUT)
+    fig.update_xaxes(title_text="the character's reply", row=rows, col=1)
     return fig
