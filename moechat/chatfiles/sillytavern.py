@@ -231,6 +231,11 @@ def _header(chat: ChatInfo, user_name: str, locked_persona: str) -> dict[str, An
     return header
 
 
+def message_line(message: Message, routing: dict[int, RoutingRecord]) -> dict[str, Any]:
+    """One message as its JSONL line (as `to_jsonl` writes it)."""
+    return _line(message, routing)
+
+
 def _line(message: Message, routing: dict[int, RoutingRecord]) -> dict[str, Any]:
     new = not message.source
     line = copy.deepcopy(message.source) or {"name": message.name}
