@@ -3,13 +3,17 @@ three-member group with a lorebook entry and a persona, for each generation mode
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
 from moechat.cards.card import Card
 from moechat.cards.lorebook import read_lorebook
 from moechat.cards.world_info import book_rules
+from moechat.commands.prompt import main as prompt_main
+from moechat.errors import PromptError
 from moechat.prompt.assemble import Message, Persona
 from moechat.prompt.formats import get_format
 from moechat.prompt.group import GenerationMode, Group, build_group_turn, group_macros, speaker_card
@@ -240,3 +244,41 @@ def test_words_and_talkativeness() -> None:
     assert talkativeness({"talkativeness": True}) == 0.5
     assert talkativeness({}) == 0.5
     assert talkativeness({"talkativeness": "x"}) == 0.5
+
+
+def test_prompt_cli_renders_a_group_turn_for_a_named_speaker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = []
+    for c in (ALICE, BOB, CARA):
+        path = tmp_path / f"{c.name}.json"
+        path.write_text(json.dumps({"spec": "chara_card_v2", "spec_version": "2.0", "data": c.model_dump()}))
+        paths.append(str(path))
+    chat = tmp_path / "chat.jsonl"
+    lines = [{"name": n, "is_user": n == "Dana", "mes": m.text} for n, m in zip(NAMES, HISTORY, strict=True)]
+    chat.write_text("\n".join(json.dumps(line) for line in lines))
+    book = tmp_path / "book.json"
+    book.write_text(json.dumps({"entries": {"1": {"uid": 1, "key": ["bread"], "content": "Bread costs a coin."}}}))
+    common = [paths[0], "--member", paths[1], "--member", paths[2], "--history", str(chat), "--lore", str(book)]
+    common += ["--format", "alpaca", "--user", "Dana", "--persona", "{{user}} is a traveller.", "--muted", "Cara"]
+    assert prompt_main([*common, "--speaker", "Bob"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (  # alpaca's own system prompt; the World Info entry goes before the character
+        "Continue this roleplay as Bob, replying to Dana in character.\nBread costs a coin.\nBob bakes bread for Dana."
+        f"\nScenario: A market.\nDana is a traveller.{CHAT}\n[Write the next reply only as Bob.]\nKeep it short."
+        "\n\n### Response:\nBob:"
+    )
+    assert 'stop strings: "\\n### Instruction:"' in err and '"\\nAlice:", "\\nCara:"' in err
+    assert (
+        prompt_main(
+            [*common, "--speaker", "Cara", "--generation-mode", "join", "--join-prefix", "[<FIELDNAME> of {{char}}]"]
+        )
+        == 0
+    )
+    joined, _ = capsys.readouterr()
+    body = JOIN_CARA.split("\n", 1)[1].replace("A market.\nBread costs a coin.\n", "A market.\n")
+    assert joined == f"Continue this roleplay as Cara, replying to Dana in character.\nBread costs a coin.\n{body}"
+    with pytest.raises(PromptError, match="'Dan' is not a member"):
+        prompt_main([*common, "--speaker", "Dan"])
+    with pytest.raises(PromptError, match="--member"):
+        prompt_main([paths[0], "--speaker", "Bob"])

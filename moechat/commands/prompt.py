@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from moechat.commands.model_arg import add_data_dir_argument, add_model_argument
 from moechat.errors import PromptError
 from moechat.prompt.assemble import Message, Persona
 from moechat.prompt.formats import Format, default_format, format_names, get_format
+from moechat.prompt.group import GENERATION_MODES, Group, build_group_turn
 from moechat.prompt.st_preset import StPreset, load_preset
 from moechat.prompt.turn import Lore, Turn, TurnPrompt, build_turn, card_lore
 
@@ -60,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
         "--reserve", type=int, help="tokens reserved for the reply (default: a quarter of the context, <= 512)"
     )
     p.add_argument("--mode", choices=("reply", "continue", "impersonate"), default="reply")
+    g = p.add_argument_group("group chats", "a group's turn: CARD and each --member are the members, in order")
+    g.add_argument("--member", type=Path, action="append", default=[], help="another member's card (repeatable)")
+    g.add_argument("--speaker", help="the member who speaks (default: the first)")
+    g.add_argument("--generation-mode", choices=GENERATION_MODES, default="swap", help="whose card definitions")
+    g.add_argument("--muted", action="append", default=[], help="a muted member's name (repeatable)")
+    g.add_argument("--join-prefix", default="", help="before each member's field in the join modes")
+    g.add_argument("--join-suffix", default="", help="after each member's field in the join modes")
     add_data_dir_argument(p)
     return p
 
@@ -74,14 +83,51 @@ def main(argv: list[str]) -> int:
     names = chat.names if chat else [card.name] * len(history)
     if args.message:
         history, names = [*history, Message("user", args.message)], [*names, persona.name]
+    group, speaker = _group(args, card)
+    if group is not None:
+        card = group.members[speaker]
+        history = [
+            m if m.role == "user" else Message("model", m.text, name) for m, name in zip(history, names, strict=True)
+        ]
     lore = Lore(card_lore(card), [rule for path in args.lore for rule in read_lore_file(path).rules])
     if args.model:
-        return _with_model(args, card, history, names, persona, lore)
+        return _with_model(args, card, history, names, persona, lore, group, speaker)
     context = args.context or DEFAULT_CONTEXT
     fmt = _format(args, None)
     turn = _turn(args, fmt, persona, context)
-    out = build_turn(card, history, turn, lore, names=names)
+    out = _build(card, history, turn, lore, names, group, speaker, None)
     return _print(out, "estimated, no --model: about 3.35 characters per token")
+
+
+def _group(args: argparse.Namespace, card: Card) -> tuple[Group | None, int]:
+    """The group of CARD and the --member cards, and the speaker's index; (None, 0) without --member."""
+    if not args.member:
+        if args.speaker or args.muted:
+            raise PromptError("--speaker and --muted are for a group's turn: name the other members with --member")
+        return None, 0
+    cards = (card, *(read_card(path) for path in args.member))
+    names = [c.name for c in cards]
+    unknown = [n for n in [args.speaker or names[0], *args.muted] if n not in names]
+    if unknown:
+        raise PromptError(f"{unknown[0]!r} is not a member; the members are {', '.join(names)}")
+    muted = frozenset(i for i, n in enumerate(names) if n in args.muted)
+    group = Group("group", cards, muted, args.generation_mode, args.join_prefix, args.join_suffix)
+    return group, names.index(args.speaker or names[0])
+
+
+def _build(
+    card: Card,
+    history: list[Message],
+    turn: Turn,
+    lore: Lore,
+    names: list[str],
+    group: Group | None,
+    speaker: int,
+    count: Callable[[str], int] | None,
+) -> TurnPrompt:
+    if group is None:
+        return build_turn(card, history, turn, lore, names=names, count_tokens=count)
+    return build_group_turn(group, speaker, history, turn, lore, names=names, count_tokens=count)
 
 
 def _turn(args: argparse.Namespace, fmt: Format | StPreset, persona: Persona, context: int) -> Turn:
@@ -103,7 +149,14 @@ def _format(args: argparse.Namespace, info: Any, bos: str = "<s>", eos: str = "<
 
 
 def _with_model(
-    args: argparse.Namespace, card: Card, history: list[Message], names: list[str], persona: Persona, lore: Lore
+    args: argparse.Namespace,
+    card: Card,
+    history: list[Message],
+    names: list[str],
+    persona: Persona,
+    lore: Lore,
+    group: Group | None = None,
+    speaker: int = 0,
 ) -> int:
     """Count with the model's tokenizer; the format defaults from its name and chat template."""
     from moechat.engine.engine import Engine  # llama.cpp loads only when asked for
@@ -112,7 +165,7 @@ def _with_model(
         info = engine.info
         bos, eos = _token_text(info.path, info.bos_id, "<s>"), _token_text(info.path, info.eos_id, "</s>")
         turn = _turn(args, _format(args, info, bos, eos), persona, args.context or engine.n_ctx)
-        out = build_turn(card, history, turn, lore, names=names, count_tokens=engine.count_tokens)
+        out = _build(card, history, turn, lore, names, group, speaker, engine.count_tokens)
         return _print(out, f"counted with the tokenizer of {info.path.name}")
 
 
