@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict, TypeVar
 
 import gradio as gr
 from gradio.components import Component
+from gradio.events import Dependency
 from gradio.routes import App
 
 from moechat.config import Settings
@@ -29,6 +30,7 @@ from moechat.store.worlds import Scope
 from moechat.ui.characters import Characters
 from moechat.ui.chat import ChatUI
 from moechat.ui.chats import ChatList
+from moechat.ui.groups import GroupsUI
 from moechat.ui.html import CSS
 from moechat.ui.layout import CharactersTab, ChatTab, ModelTab, TalkColumn, characters_tab, chat_tab, model_tab
 from moechat.ui.messages import MessageActions
@@ -85,6 +87,7 @@ class Handlers:
     models: ModelSwitcher
     worlds: WorldInfoUI
     personas: PersonasUI
+    groups: GroupsUI
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def _handlers(slot: ModelSlot, store: Store, settings: Settings) -> Handlers:
         worlds=WorldInfoUI(chat_ui.stores),
         models=ModelSwitcher(slot, data_dir),
         personas=PersonasUI(chat_ui.stores, data_dir),
+        groups=GroupsUI(chats),
     )
 
 
@@ -147,9 +151,11 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
         model = model_tab(h.models.panel(), h.models.status())
         ui = Page(session, owner, pending, chat, characters, model)
         _wire_chats(demo, ui, h, settings)
-        _wire_turns(ui, h, on_the_model(settings.parallel))
+        llm = on_the_model(settings.parallel)
+        turns = _wire_turns(ui, h, llm)
         _wire_characters(ui, h)
         _wire_personas(ui, h)
+        _wire_groups(demo, ui, h, turns, llm)
         switched = [model.model_md, model.model_status, chat.routing.layer, chat.talk.solo_expert]
         model.model_load.click(h.models.load, [model.model_in], switched, **MODEL_LOAD)
         model.tab.select(h.models.refresh, [session], [model.model_md], **PRIVATE)
@@ -204,16 +210,19 @@ def _turn_event(handler: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T
     return event
 
 
-def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> None:
+def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> list[Dependency]:
+    """The turn events; returns those that change a chat's replies (send, regenerate, continue)."""
     talk, routing = ui.chat.talk, ui.chat.routing
     outputs, turn = list(ui.outputs()), _turn_controls(talk)
     send = _turn_event(h.chat.send)
-    for trigger in (talk.send.click, talk.msg.submit):
+    turns = [
         trigger(lambda t: ("", t), [talk.msg], [talk.msg, ui.pending], queue=False, **PRIVATE).then(
             send, [ui.session, ui.pending, *turn], outputs, **llm
         )
-    talk.regen.click(_turn_event(h.chat.regenerate), [ui.session, *turn], outputs, **llm)
-    talk.cont.click(_turn_event(h.chat.continue_reply), [ui.session, *turn], outputs, **llm)
+        for trigger in (talk.send.click, talk.msg.submit)
+    ]
+    turns.append(talk.regen.click(_turn_event(h.chat.regenerate), [ui.session, *turn], outputs, **llm))
+    turns.append(talk.cont.click(_turn_event(h.chat.continue_reply), [ui.session, *turn], outputs, **llm))
     talk.imp.click(_turn_event(h.chat.impersonate), [ui.session, *turn], [talk.msg], **llm)
     talk.steer_top1.click(_turn_event(h.chat.steer_top1), [ui.session, *turn], outputs, **llm)
     talk.steer_solo.click(_turn_event(h.chat.steer_solo), [ui.session, talk.solo_expert, *turn], outputs, **llm)
@@ -226,6 +235,27 @@ def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> None:
     talk.delete_msg.click(a.delete, [ui.session], outputs, **PRIVATE)
     talk.hidden.input(a.set_hidden, [ui.session, talk.hidden], outputs, **PRIVATE)
     routing.layer.change(a.layer, [ui.session, routing.layer], [ui.session, routing.tokens], **PRIVATE)
+    return turns
+
+
+def _wire_groups(demo: gr.Blocks, ui: Page, h: Handlers, turns: list[Dependency], llm: OnTheModel) -> None:
+    """Group chats: create, open, who speaks next, mute; the per-character routing after every change."""
+    g, panel, talk = h.groups, ui.chat.groups, ui.chat.talk
+    views, state = [panel.table, panel.layers, panel.drift], [panel.pick, panel.speaker, panel.muted, panel.status]
+    opened = [*ui.opened(), *state]
+    demo.load(g.panel, [ui.session], state, **PRIVATE).then(g.routing, [ui.session], views, **PRIVATE)
+    panel.members.focus(g.characters, [ui.session], [panel.members], **PRIVATE)
+    inputs = [panel.name, panel.members, panel.strategy, panel.mode, panel.allow_self, talk.user_name]
+    for event in (
+        panel.create.click(g.create, [ui.session, *inputs], opened, **PRIVATE),
+        panel.pick.input(g.pick, [ui.session, panel.pick, talk.user_name], opened, **PRIVATE),
+        panel.new_chat.click(g.new_chat, [ui.session, panel.pick, talk.user_name], opened, **PRIVATE),
+        panel.speak.click(_turn_event(h.chat.speak), [ui.session, panel.speaker, *_turn_controls(talk)],
+                          list(ui.outputs()), **llm),
+        *turns,
+    ):  # fmt: skip
+        event.then(g.routing, [ui.session], views, **PRIVATE)
+    panel.muted.input(g.mute, [ui.session, panel.muted], [panel.status], **PRIVATE)
 
 
 def _wire_characters(ui: Page, h: Handlers) -> None:

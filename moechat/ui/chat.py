@@ -40,9 +40,10 @@ Steer = tuple[str, int | None]  # moechat.moe.steering's mode ("top1", "solo") a
 class Action:
     """What a streamed turn does: send `text`, or regenerate or continue the last reply, optionally steered."""
 
-    kind: Literal["send", "regenerate", "continue"]
+    kind: Literal["send", "regenerate", "continue", "trigger"]
     text: str = ""
     steer: Steer | None = None
+    speaker: int | None = None  # trigger: the group member asked to speak (None: the group's strategy picks)
 
 
 class ChatUI(ChatViews):
@@ -64,6 +65,12 @@ class ChatUI(ChatViews):
         self, session: Session, turn: TurnInputs, request: gr.Request | None = None
     ) -> Iterator[ChatOutputs[Any]]:
         yield from self._turn(session, turn, request, Action("continue"))
+
+    def speak(
+        self, session: Session, speaker: int | None, turn: TurnInputs, request: gr.Request | None = None
+    ) -> Iterator[ChatOutputs[Any]]:
+        """A group member speaks next (SillyTavern's "speak" button; None: whoever the group's strategy picks)."""
+        yield from self._turn(session, turn, request, Action("trigger", speaker=speaker))
 
     def steer_top1(
         self, session: Session, turn: TurnInputs, request: gr.Request | None = None
@@ -104,6 +111,8 @@ class ChatUI(ChatViews):
             display = self.display(session)  # the history part of the chatbot value: built once per turn
             if kind == "send":
                 display += [chat_message("user", text), chat_message("assistant", "")]
+            elif kind == "trigger":
+                display += [chat_message("assistant", "")]
             elif display:
                 display[-1] = chat_message("assistant", display[-1]["content"][0]["text"] if kind == "continue" else "")
             yield ChatOutputs.skip()._replace(session=session, chatbot=list(display))
@@ -116,6 +125,7 @@ class ChatUI(ChatViews):
                         "send": lambda: chat.send(engine, store, chat_id, text, options, cancel),
                         "regenerate": lambda: chat.regenerate(engine, store, chat_id, options, cancel),
                         "continue": lambda: chat.continue_reply(engine, store, chat_id, options, cancel),
+                        "trigger": lambda: chat.trigger(engine, store, chat_id, action.speaker, options, cancel),
                     }
                     for upd, values in self._fold(runs[kind](), session, display, options.label):
                         last = upd
@@ -138,7 +148,12 @@ class ChatUI(ChatViews):
         start = time.monotonic()
         shown_live, metrics_due, figures_due = 0.0, start, start + FIGURES_EVERY_S
         sent_context = sent_user = False
+        message_id = None
         for upd in updates:
+            if message_id is not None and upd.message_id != message_id:  # a group's next member: a new bubble
+                display.append(chat_message("assistant", ""))
+                live = LiveReply(self.model, session.layer, label)
+            message_id = upd.message_id
             if upd.waiting:  # no token yet: the reply bubble says where this turn is in the model's queue
                 display[-1] = chat_message("assistant", queue_place(upd.waiting))
                 yield upd, ChatOutputs.skip()._replace(session=session, chatbot=list(display))

@@ -15,6 +15,7 @@ import gradio as gr
 from moechat import chat
 from moechat.chatfiles.markdown import to_markdown
 from moechat.chatfiles.sillytavern import to_jsonl
+from moechat.chatfiles.st_groups import export_group_chat
 from moechat.errors import MoechatError
 from moechat.library import avatar_file, card_of
 from moechat.store.records import ChatInfo
@@ -127,28 +128,31 @@ class ChatList:
         gr.Info("Branched: you are now in the new chat.")
         return self.open(session, new.id)
 
-    def export(self, session: Session, fmt: str) -> str | None:
+    def export(self, session: Session, fmt: str) -> str | list[str] | None:
         """The open chat as a SillyTavern JSONL file (every swipe, routing summaries under extra.moechat) or as
-        Markdown, for download."""
+        Markdown, for download; a group chat as SillyTavern writes it: its JSONL and the group's JSON."""
         if session.chat_id is None:
             gr.Warning("Open a chat first.")
             return None
+        folder = self.exports / f"chats-{hashlib.sha256(session.owner.encode()).hexdigest()[:16]}"
         with self._store(session) as store:
+            if fmt == "jsonl" and store.chat_group(session.chat_id) is not None:
+                paths = export_group_chat(store, session.chat_id, folder / f"group-chat-{session.chat_id}")
+                return [str(path) for path in paths]
             info, messages = store.chat(session.chat_id), store.messages(session.chat_id)
             if fmt == "jsonl":
                 routing = {s.id: r for m in messages for s in m.swipes if s.has_routing and (r := store.routing(s.id))}
                 body = to_jsonl(info, messages, routing, locked_persona=store.locked_avatar(session.chat_id))
             else:
                 body = to_markdown(info, messages)
-        folder = self.exports / f"chats-{hashlib.sha256(session.owner.encode()).hexdigest()[:16]}"
         folder.mkdir(parents=True, exist_ok=True)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in info.character_name)[:40] or "chat"
         path = folder / f"{safe}-chat-{info.id}.{'jsonl' if fmt == 'jsonl' else 'md'}"
         path.write_text(body, encoding="utf-8")
         return str(path)
 
-    def export_jsonl(self, session: Session) -> str | None:
+    def export_jsonl(self, session: Session) -> str | list[str] | None:
         return self.export(session, "jsonl")
 
-    def export_markdown(self, session: Session) -> str | None:
+    def export_markdown(self, session: Session) -> str | list[str] | None:
         return self.export(session, "md")

@@ -4,6 +4,7 @@ per column of the chat tab) for ui.build to wire. No event handlers and no logic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -81,10 +82,32 @@ class RoutingColumn:
 
 
 @dataclass(frozen=True)
+class GroupsPanel:
+    """Group chats: create a group, open it, who speaks next, muted members; and the per-character routing."""
+
+    name: gr.Textbox
+    members: gr.Dropdown
+    strategy: gr.Radio
+    mode: gr.Radio
+    allow_self: gr.Checkbox
+    create: gr.Button
+    pick: gr.Dropdown
+    new_chat: gr.Button
+    speaker: gr.Dropdown
+    speak: gr.Button
+    muted: gr.CheckboxGroup
+    status: gr.Markdown
+    table: gr.HTML
+    layers: gr.Plot
+    drift: gr.Plot
+
+
+@dataclass(frozen=True)
 class ChatTab:
     chats: ChatsColumn
     talk: TalkColumn
     routing: RoutingColumn
+    groups: GroupsPanel
 
 
 @dataclass(frozen=True)
@@ -116,11 +139,44 @@ def chat_tab(n_layers: int, experts: list[str]) -> ChatTab:
     with gr.Tab("Chat"), gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=240):
             side = _chats_column()
+            controls = group_controls()
         with gr.Column(scale=3, min_width=420):
             talk = _talk_column(experts)
         with gr.Column(scale=2, min_width=360):
             routing = _routing_column(n_layers)
-    return ChatTab(chats=side, talk=talk, routing=routing)
+            with gr.Accordion("Per character (group chats)", open=True, elem_id="char_routing"):
+                table, layers, drift = (
+                    gr.HTML(elem_id="char_table"),
+                    gr.Plot(elem_id="char_layers"),
+                    gr.Plot(elem_id="char_drift"),
+                )
+    groups = GroupsPanel(**controls, table=table, layers=layers, drift=drift)
+    return ChatTab(chats=side, talk=talk, routing=routing, groups=groups)
+
+
+def group_controls() -> dict[str, Any]:
+    """The group chat controls of GroupsPanel by field (its three routing views are in the routing column)."""
+    with gr.Accordion("Group chats", open=True, elem_id="groups"):
+        name = gr.Textbox(label="Group name", elem_id="group_name")
+        members = gr.Dropdown([], multiselect=True, label="Members, in order", elem_id="group_members")
+        strategy = gr.Radio(
+            ["natural", "list", "manual", "pooled"], value="natural", label="Reply order", elem_id="group_strategy"
+        )
+        mode = gr.Radio(["swap", "join", "join_muted"], value="swap", label="Card definitions", elem_id="group_mode")
+        allow_self = gr.Checkbox(label="Allow self-responses", elem_id="group_self")
+        create = gr.Button("Create group", elem_id="group_create", size="sm", variant="primary")
+        pick = gr.Dropdown([], label="Groups", elem_id="group_pick")
+        new_chat = gr.Button("New group chat", elem_id="group_new_chat", size="sm")
+        with gr.Row(equal_height=True):
+            speaker = gr.Dropdown([], label="Who speaks next", elem_id="group_speaker", scale=2)
+            speak = gr.Button("Speak", elem_id="group_speak", size="sm", scale=1)
+        muted = gr.CheckboxGroup([], label="Muted members", elem_id="group_muted")
+        status = gr.Markdown(elem_id="group_status")
+    return {
+        "name": name, "members": members, "strategy": strategy, "mode": mode, "allow_self": allow_self,
+        "create": create, "pick": pick, "new_chat": new_chat, "speaker": speaker, "speak": speak, "muted": muted,
+        "status": status,
+    }  # fmt: skip
 
 
 def _chats_column() -> ChatsColumn:
@@ -139,7 +195,7 @@ def _chats_column() -> ChatsColumn:
         rename = gr.Button("Rename", elem_id="rename", size="sm")
         export_jsonl = gr.Button("Export SillyTavern JSONL", elem_id="export_jsonl", size="sm")
         export_md = gr.Button("Export Markdown", elem_id="export_md", size="sm")
-    chat_file = gr.File(label="Exported chat", elem_id="chat_file", interactive=False)
+    chat_file = gr.File(label="Exported chat", elem_id="chat_file", interactive=False, file_count="multiple")
     return ChatsColumn(
         gallery=gallery,
         char_info=char_info,

@@ -18,6 +18,7 @@ from moechat.gguf.info import expert_labels
 from moechat.models.slot import ModelSlot
 from moechat.plots import Figure, drift_figure
 from moechat.routing.summary import Summary, summarize
+from moechat.store.groups import GroupInfo
 from moechat.store.records import Message
 from moechat.ui.html import chat_message, model_markdown
 from moechat.ui.outputs import ChatOutputs
@@ -58,11 +59,21 @@ class ChatViews:
         messages = self.messages(session) if messages is None else messages
         session.message_ids = [m.id for m in messages]
         name = self.engine.info.name
-        return [self.bubble(session, m, name) for m in messages]
+        group = self.group(session) is not None
+        return [self.bubble(session, m, name, named=group) for m in messages]
 
-    def bubble(self, session: Session, m: Message, model_name: str) -> dict:
+    def group(self, session: Session) -> GroupInfo | None:
+        """The open chat's group (None: a one-to-one chat, or no chat)."""
+        if session.chat_id is None:
+            return None
+        with self.stores.lease(session.owner) as store:
+            return store.chat_group(session.chat_id)
+
+    def bubble(self, session: Session, m: Message, model_name: str, named: bool = False) -> dict:
         label = m.current.stats.model if m.role == "assistant" else ""
         shown_label = label if label and label != model_name else ""
+        if named and m.role == "assistant":  # a group chat: who said it
+            shown_label = f"{m.name} · {shown_label}" if shown_label else m.name
         s = self.summary(session, m)
         return chat_message(
             m.role, m.text, badge=s.badge if s else "", swipe=(m.swipe_index, len(m.swipes)), hidden=m.hidden,
