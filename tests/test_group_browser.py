@@ -91,7 +91,7 @@ def test_group_chat_turns_routing_reload_and_export(page: Page, server: AppServe
     expect(page.locator("#char_layers .js-plotly-plot")).to_be_visible(timeout=30_000)
     expect(page.locator("#char_drift .js-plotly-plot")).to_be_visible(timeout=30_000)
     page.locator("#char_routing").scroll_into_view_if_needed()
-    page.screenshot(path=str(ROOT / "assets" / "group_chat.png"), full_page=True)
+    page.screenshot(path=str(ROOT / "assets" / "screenshot-group-chat.png"), full_page=True)
     before = speakers(page)
 
     page.reload()
