@@ -1,4 +1,4 @@
-"""SillyTavern group chats (docs/formats.md §2.8): the group definition JSON (`groups/ID.json`) and its chats'
+"""SillyTavern group chats (docs/formats.md §2.7.1): the group definition JSON (`groups/ID.json`) and its chats'
 JSONL (`group chats/ID.jsonl`: message lines only, no header, no trailing newline), imported and exported.
 
 Members are SillyTavern avatar file names. On import each is matched to a member already imported with that file

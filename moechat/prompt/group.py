@@ -1,4 +1,4 @@
-"""The prompt of a group chat's reply, built for the member who speaks (docs/formats.md §2.8) with the one turn
+"""The prompt of a group chat's reply, built for the member who speaks (docs/formats.md §3.12) with the one turn
 builder (`prompt/turn.py`), as SillyTavern's `Generate` does for the drafted member:
 
 - swap (SillyTavern's generation mode 0): the speaker's card alone;

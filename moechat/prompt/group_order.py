@@ -1,6 +1,6 @@
 """Who replies in a group chat, in what order: SillyTavern's reply-order strategies (`group-chats.js`:
 `activateNaturalOrder`, `activateListOrder`, `activatePooledOrder`, the manual strategy, `activateSwipe`),
-with muted members and self-responses as it has them (docs/formats.md §2.8). Randomness comes from the
+with muted members and self-responses as it has them (docs/formats.md §3.12). Randomness comes from the
 `random.Random` passed in, so a seeded turn is repeatable. Pure: members are keys (avatar file names or ids).
 """
 
