@@ -282,3 +282,23 @@ def test_prompt_cli_renders_a_group_turn_for_a_named_speaker(
         prompt_main([*common, "--speaker", "Dan"])
     with pytest.raises(PromptError, match="--member"):
         prompt_main([paths[0], "--speaker", "Bob"])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "user_input", "seed", "first", "expected"),
+    [
+        ("natural", "Bob, any bread?", 0, "bob.png", SWAP_BOB),  # the mentioned member speaks first
+        ("list", "Bob, any bread?", 0, "alice.png", SWAP_ALICE),  # the first unmuted member
+        ("pooled", "Bob, any bread?", 2, "bob.png", SWAP_BOB),
+        ("manual", "", 4, "bob.png", SWAP_BOB),  # a trigger without input: one member at random
+    ],
+)
+def test_each_strategy_picks_a_speaker_whose_prompt_is_its_own(
+    strategy: Strategy, user_input: str, seed: int, first: str, expected: str
+) -> None:
+    members = [Member("alice.png", "Alice", 0.0), Member("bob.png", "Bob", 0.0), Member("cara.png", "Cara", muted=True)]
+    chat = [Said("Hail, Dana!", speaker="alice.png", name="Alice"), Said("Bob, any bread?", is_user=True, name="Dana")]
+    speakers = next_speakers(strategy, members, chat, user_input=user_input, rng=random.Random(seed))
+    assert speakers[0] == first and "cara.png" not in speakers
+    index = [m.key for m in members].index(first)
+    assert prompt("swap", index) == expected

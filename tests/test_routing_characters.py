@@ -53,3 +53,13 @@ def test_character_figures_escape_names() -> None:
     assert len(fig.data) == 8 and fig.layout.annotations[0].text == "&lt;b&gt;Alice&lt;/b&gt;"
     drift = plots.character_drift_figure(got.drift, got.names, ["a", "b", "c", "d"])
     assert len(drift.data) == 8 and list(drift.data[4].y) == list(got.drift[1][:, 0])
+
+
+def test_character_table_is_escaped_and_filled() -> None:
+    from moechat.ui.groups import character_table
+
+    got = by_character(replies(), ["<img src=x onerror=alert(1)>", "Alice", "Bob"])
+    html = character_table(got, ["Xwin", "<b>P</b>"])
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;b&gt;P&lt;/b&gt;" in html
+    assert html.count("<tr>") == 4 and "<td>0</td>" in html and "–" in html  # a member without replies: no shares
+    assert f"<td>{got.share[1][0]:.0%}</td>" in html
