@@ -150,12 +150,12 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
         characters = characters_tab()
         model = model_tab(h.models.panel(), h.models.status())
         ui = Page(session, owner, pending, chat, characters, model)
-        _wire_chats(demo, ui, h, settings)
+        opening = _wire_chats(demo, ui, h, settings)
         llm = on_the_model(settings.parallel)
         turns = _wire_turns(ui, h, llm)
         _wire_characters(ui, h)
         _wire_personas(ui, h)
-        _wire_groups(demo, ui, h, turns, llm)
+        _wire_groups(ui, h, opening, turns, llm)
         switched = [model.model_md, model.model_status, chat.routing.layer, chat.talk.solo_expert]
         model.model_load.click(h.models.load, [model.model_in], switched, **MODEL_LOAD)
         model.tab.select(h.models.refresh, [session], [model.model_md], **PRIVATE)
@@ -163,7 +163,8 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
     return demo
 
 
-def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> None:
+def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> list[Dependency]:
+    """The chat list's events; returns those that open a chat."""
     side, opened = ui.chat.chats, ui.opened()
     data_dir = Path(settings.data_dir)
 
@@ -177,18 +178,21 @@ def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> N
         return (s.owner, pics, *h.chats.open(s, latest[0].id if latest else None))
 
     panel = ui.chat.talk.personas.values()
-    demo.load(on_load, [ui.owner], [ui.owner, side.gallery, *opened], **PRIVATE).then(
-        h.personas.opened, [ui.session], panel, **PRIVATE
-    )
+    load = demo.load(on_load, [ui.owner], [ui.owner, side.gallery, *opened], **PRIVATE)
+    load.then(h.personas.opened, [ui.session], panel, **PRIVATE)
     side.chat_pick.change(h.personas.opened, [ui.session, side.chat_pick], panel, **PRIVATE)
-    side.gallery.select(h.characters.pick, [ui.session], opened, **PRIVATE)
-    side.chat_pick.input(h.chats.pick, [ui.session, side.chat_pick], opened, **PRIVATE)
-    side.new_chat.click(h.chats.new, [ui.session, ui.chat.talk.user_name], opened, **PRIVATE)
+    opening = [
+        load,
+        side.gallery.select(h.characters.pick, [ui.session], opened, **PRIVATE),
+        side.chat_pick.input(h.chats.pick, [ui.session, side.chat_pick], opened, **PRIVATE),
+        side.new_chat.click(h.chats.new, [ui.session, ui.chat.talk.user_name], opened, **PRIVATE),
+        side.delete_chat.click(h.chats.delete, [ui.session], opened, **PRIVATE),
+        side.branch.click(h.chats.branch, [ui.session], opened, **PRIVATE),
+    ]
     side.rename.click(h.chats.rename, [ui.session, side.chat_title], opened, **PRIVATE)
-    side.delete_chat.click(h.chats.delete, [ui.session], opened, **PRIVATE)
-    side.branch.click(h.chats.branch, [ui.session], opened, **PRIVATE)
     side.export_jsonl.click(h.chats.export_jsonl, [ui.session], [side.chat_file], **PRIVATE)
     side.export_md.click(h.chats.export_markdown, [ui.session], [side.chat_file], **PRIVATE)
+    return opening
 
 
 def _turn_controls(talk: TalkColumn) -> list[Component]:
@@ -238,12 +242,14 @@ def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> list[Dependency]:
     return turns
 
 
-def _wire_groups(demo: gr.Blocks, ui: Page, h: Handlers, turns: list[Dependency], llm: OnTheModel) -> None:
-    """Group chats: create, open, who speaks next, mute; the per-character routing after every change."""
+def _wire_groups(ui: Page, h: Handlers, opening: list[Dependency], turns: list[Dependency], llm: OnTheModel) -> None:
+    """Group chats: create, open, who speaks next, mute; the group panel after a chat opens, the per-character
+    routing after every change."""
     g, panel, talk = h.groups, ui.chat.groups, ui.chat.talk
     views, state = [panel.table, panel.layers, panel.drift], [panel.pick, panel.speaker, panel.muted, panel.status]
     opened = [*ui.opened(), *state]
-    demo.load(g.panel, [ui.session], state, **PRIVATE).then(g.routing, [ui.session], views, **PRIVATE)
+    for event in opening:
+        event.then(g.panel, [ui.session], state, **PRIVATE).then(g.routing, [ui.session], views, **PRIVATE)
     panel.members.focus(g.characters, [ui.session], [panel.members], **PRIVATE)
     inputs = [panel.name, panel.members, panel.strategy, panel.mode, panel.allow_self, talk.user_name]
     for event in (
