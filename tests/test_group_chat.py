@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,25 @@ def test_trigger_needs_a_group_member(engine, store: Store, members: list[int]) 
     with pytest.raises(StoreError, match="group"):
         list(chat.trigger(engine, store, solo, None, OPTIONS))
     assert get_format("metharme").names
+
+
+def test_a_database_from_before_groups_upgrades(tmp_path: Path) -> None:
+    import sqlite3
+
+    from moechat.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in (s for migration in MIGRATIONS[:2] for s in migration):
+        conn.execute(statement)
+    conn.execute("INSERT INTO characters (owner, name, card_json, created, updated) VALUES ('local', 'A', '{}', 0, 0)")
+    conn.execute("INSERT INTO characters (owner, name, card_json, created, updated) VALUES ('local', 'B', '{}', 0, 0)")
+    conn.execute("INSERT INTO chats (owner, character_id, created, updated) VALUES ('local', 1, 0, 0)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with Store(path) as store:
+        assert store.version == len(MIGRATIONS) >= 3
+        assert store.chat_group(1) is None and store.speakers(1) == {}
+        group = store.create_group("AB", [1, 2])
+        assert store.group_chats(group.id) == [] and [m.name for m in group.members] == ["A", "B"]
