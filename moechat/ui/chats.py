@@ -64,8 +64,9 @@ class ChatList:
         if session.character_id is None:
             return gr.Dropdown(choices=[], value=None)
         with self._store(session) as store:
-            chats = store.chats(session.character_id)
-        return gr.Dropdown(choices=[(chat_label(c), c.id) for c in chats], value=session.chat_id)
+            chats = [(c, store.chat_group(c.id)) for c in store.chats(session.character_id)]
+        labels = [(chat_label(c) + (f" · group {g.name}" if g else ""), c.id) for c, g in chats]
+        return gr.Dropdown(choices=labels, value=session.chat_id)
 
     def info(self, session: Session) -> str:
         if session.character_id is None:
