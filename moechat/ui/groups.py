@@ -82,7 +82,9 @@ class GroupsUI:
                     name or "", [int(m) for m in members or []], strategy=strategy, generation_mode=mode,
                     allow_self_responses=bool(allow_self),
                 )  # fmt: skip
-                chat_id = chat.start_group_chat(store, group.id, user_name=user_name or "You")
+                chat_id = chat.start_group_chat(
+                    store, group.id, user_name=user_name or "You", persona_id=session.persona_id
+                )
         except MoechatError as exc:
             gr.Warning(str(exc))
             return self.skip()
@@ -95,7 +97,11 @@ class GroupsUI:
         with self._store(session) as store:
             try:
                 chats = store.group_chats(int(group_id))
-                chat_id = chats[0] if chats else chat.start_group_chat(store, int(group_id), user_name=user_name)
+                chat_id = (
+                    chats[0]
+                    if chats
+                    else chat.start_group_chat(store, int(group_id), user_name=user_name, persona_id=session.persona_id)
+                )
             except MoechatError as exc:
                 gr.Warning(str(exc))
                 return self.skip()
@@ -109,7 +115,9 @@ class GroupsUI:
             return self.skip()
         try:
             with self._store(session) as store:
-                chat_id = chat.start_group_chat(store, int(group_id), user_name=user_name or "You")
+                chat_id = chat.start_group_chat(
+                    store, int(group_id), user_name=user_name or "You", persona_id=session.persona_id
+                )
         except MoechatError as exc:
             gr.Warning(str(exc))
             return self.skip()
