@@ -74,6 +74,22 @@ def test_a_group_chat_opens_with_each_members_greeting(store: Store, members: li
     assert store.chats() == []
 
 
+def test_deleting_a_member_keeps_the_group_and_its_chats(store: Store, members: list[int]) -> None:
+    group = store.create_group("Market", members)
+    chat_id = chat.start_group_chat(store, group.id, user_name="Dana")
+    said = [(m.name, m.text) for m in store.messages(chat_id)]
+    solo = chat.start_chat(store, members[0])  # Alice's own chat goes with her
+    store.delete_character(members[0])  # the first member: the chat's row named her
+    assert [m.name for m in store.group(group.id).members] == ["Bob", "Cara"]
+    assert store.chat_group(chat_id) == store.group(group.id) and store.chat(chat_id).character_id == members[1]
+    assert [(m.name, m.text) for m in store.messages(chat_id)] == said  # her greeting stays, with her name
+    assert store.speakers(chat_id) == {store.messages(chat_id)[1].id: members[1]}
+    assert solo not in [c.id for c in store.chats()]
+    store.delete_character(members[2])
+    store.delete_character(members[1])  # the last member: the group and its chats go with it
+    assert store.groups() == [] and store.chats() == []
+
+
 def test_list_order_replies_from_each_member_with_its_own_prompt(engine, store: Store, members: list[int]) -> None:
     group = store.create_group("Market", members, strategy="list", muted=[members[2]])
     chat_id = chat.start_group_chat(store, group.id, user_name="Dana")

@@ -141,6 +141,25 @@ class GroupsMixin:
                 (group_id, character_id, position, int(character_id in muted), avatar),
             )
 
+    def _leave_groups(self, conn: sqlite3.Connection, character_id: int) -> None:
+        """Before a character is deleted: its groups lose the member but keep their chats (as SillyTavern drops a
+        deleted character from its groups). A group chat's row names the group's first member, so chats that named
+        this one move to the next member; a group with no other member keeps nothing and goes with its chats."""
+        groups = conn.execute("SELECT group_id FROM group_members WHERE character_id = ?", (character_id,)).fetchall()
+        for (group_id,) in groups:
+            others = conn.execute(
+                "SELECT character_id FROM group_members WHERE group_id = ? AND character_id != ? ORDER BY position",
+                (group_id, character_id),
+            ).fetchall()
+            if not others:
+                conn.execute("DELETE FROM groups WHERE id = ?", (group_id,))
+                continue
+            conn.execute(
+                "UPDATE chats SET character_id = ? WHERE character_id = ?"
+                " AND id IN (SELECT chat_id FROM group_chats WHERE group_id = ?)",
+                (others[0][0], character_id, group_id),
+            )
+
     def _owned_group(self, conn: sqlite3.Connection, group_id: int) -> tuple:
         row = conn.execute(
             "SELECT id, owner, name, strategy, generation_mode, allow_self_responses, join_prefix, join_suffix,"

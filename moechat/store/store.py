@@ -183,9 +183,10 @@ class Store(MessagesMixin, WorldsMixin, PersonasMixin, GroupsMixin):
         return next((c for c in self.characters() if c.name == name), None)
 
     def delete_character(self, character_id: int) -> None:
-        """Delete a character and all its chats."""
+        """Delete a character and all its chats; its groups lose the member and keep their chats."""
         with self._write() as conn:
             self._owned_character(conn, character_id)
+            self._leave_groups(conn, character_id)
             conn.execute("DELETE FROM characters WHERE id = ?", (character_id,))
 
     # chats
