@@ -213,7 +213,13 @@ def _chats_column() -> ChatsColumn:
 
 def _talk_column(experts: list[str]) -> TalkColumn:
     chatbot = gr.Chatbot(
-        elem_id="chatbot", height=520, layout="bubble", buttons=["copy"], sanitize_html=True, label="Chat"
+        elem_id="chatbot",
+        height=520,
+        layout="bubble",
+        buttons=["copy"],
+        sanitize_html=True,
+        label="Chat",
+        group_consecutive_messages=False,  # a group chat: each member's reply its own bubble
     )
     with gr.Row():
         msg = gr.Textbox(elem_id="msg", show_label=False, placeholder="Say something…", scale=5, lines=1, max_lines=8)
