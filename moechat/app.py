@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"moechat: {engine.info.name} ({engine.info.n_experts} experts) on http://{settings.host}:{settings.port}, "
         f"{engine.report.n_threads} CPU threads ({engine.report.threads_note}), "
-        f"{settings.parallel} {'reply' if settings.parallel == 1 else 'replies'} at once",
+        f"{engine.report.n_parallel} {'reply' if engine.report.n_parallel == 1 else 'replies'} at once"
+        + (f" ({engine.report.parallel_note})" if engine.report.parallel_note else ""),
         file=sys.stderr,
     )
     try:

@@ -30,6 +30,7 @@ from moechat.engine import banned, cpu_guard
 from moechat.engine.batch_layout import BatchLayout
 from moechat.engine.capture import Captured, FastCapture, PythonCapture, make_capture
 from moechat.engine.job import Job, router_routing, tokens
+from moechat.engine.memory_fit import Fit, available_memory, fit_parallel, kv_bytes_per_token
 from moechat.engine.sampler import Picker
 from moechat.engine.scheduler import ROUTER_KIND, Scheduler, Tap
 from moechat.engine.threads import this_machine
@@ -39,6 +40,7 @@ from moechat.gguf.info import ModelInfo, open_reader, read_info, require_stacked
 
 MAX_PARALLEL = 64  # sequences in one context (llama.cpp allows up to 256)
 llama_cpp._logger.logger.setLevel(logging.ERROR)  # llama.cpp's load chatter stays out of the terminal
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -133,12 +135,19 @@ class Engine:
             raise EngineError(f"llama.cpp could not load {info.path.name}: {exc}") from exc
         cap = make_capture(capture)
         n_ctx = n_ctx or info.context_length
+        fit = Fit(n_parallel)
+        if not (gpu and layers > 0):  # an offloaded KV cache lives in GPU memory, which llama.cpp itself checks
+            per_token = kv_bytes_per_token(info.n_layers, info.kv_width, exact)
+            fit = fit_parallel(n_parallel, n_ctx, per_token, info.size_bytes, available_memory())
+            if fit.note:
+                log.warning("%s: %s", info.path.name, fit.note)
+        n_parallel = fit.n_parallel
         ctx = _context(model, n_ctx, n_parallel, threads, batch_threads, cap, exact)
         why = "requested" if n_threads else budget.note
         mode = cap.mode if cap else "off"
         offloaded = layers if gpu else 0
         report = LoadReport(
-            gpu, offloaded, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note, n_ctx, n_parallel
+            gpu, offloaded, mode, threads, batch_threads, why, cpu.extra_buffers, cpu.note, n_ctx, n_parallel, fit.note
         )
         engine = cls(info, model, ctx, cap, report, full_prompt_routing, n_ctx)
         engine._overrides = overrides  # llama.cpp keeps the pointer: keep the array alive

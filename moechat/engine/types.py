@@ -146,3 +146,4 @@ class LoadReport:
     cpu_note: str = ""  # why cpu_extra_buffers
     n_ctx: int = 0  # each reply's context in tokens: prompt and reply together (what API clients must stay under)
     n_parallel: int = 1  # sequences generated together in one context, each with n_ctx tokens
+    parallel_note: str = ""  # why n_parallel is lower than asked: the KV caches would not fit in memory

@@ -49,6 +49,7 @@ class ModelInfo:
     eos_id: int | None = None
     expert_names: tuple[str, ...] = ()
     expert_layout: ExpertLayout = "stacked"  # "split": the pre-2024 one-tensor-per-expert layout; "none": dense
+    kv_width: int = 0  # values per token per layer in the KV cache, K and V together (0: unknown)
 
     @property
     def is_moe(self) -> bool:
@@ -149,10 +150,24 @@ def read_info(path: str | Path, allow_dense: bool = False) -> ModelInfo:
         eos_id=_typed(reader, "tokenizer.ggml.eos_token_id", int),
         expert_names=_names(reader),
         expert_layout=expert_layout(reader),
+        kv_width=_kv_width(reader, arch),
     )
     if info.n_layers <= 0 or info.n_embd <= 0:
         raise EngineError(f"{p.name} lacks {arch}.block_count or {arch}.embedding_length.")
     return info
+
+
+def _kv_width(reader: gguf.GGUFReader, arch: str) -> int:
+    """K and V widths of one token in one layer: the KV heads times each head's key and value length (llama.cpp's
+    n_embd_k_gqa + n_embd_v_gqa); 0 when the header does not say (per-layer head counts, say)."""
+    n_embd = _typed(reader, f"{arch}.embedding_length", int)
+    n_head = _typed(reader, f"{arch}.attention.head_count", int)
+    if not n_embd or not n_head:
+        return 0
+    n_head_kv = _typed(reader, f"{arch}.attention.head_count_kv", int) or n_head
+    key = _typed(reader, f"{arch}.attention.key_length", int) or n_embd // n_head
+    value = _typed(reader, f"{arch}.attention.value_length", int) or n_embd // n_head
+    return n_head_kv * (key + value)
 
 
 def _check_experts(reader: gguf.GGUFReader, p: Path, arch: str, n_experts: int, n_used: int, allow_dense: bool) -> None:

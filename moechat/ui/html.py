@@ -175,11 +175,16 @@ def model_markdown(info: object, report: object, tokens_per_s: float | None = No
         ("CPU threads", _threads(report)),
         ("CPU kernels", getattr(report, "cpu_note", "") or "llama.cpp's default"),
         ("last reply", speed),
-        ("replies at once", getattr(report, "n_parallel", 1)),
+        ("replies at once", _parallel(report)),
     ]
     if occupancy is not None:
         rows.append(("right now", queue_status(occupancy)))
     return "\n".join(["| | |", "|---|---|", *(f"| {esc(k)} | {esc(v)} |" for k, v in rows)])
+
+
+def _parallel(report: object) -> str:
+    n, note = getattr(report, "n_parallel", 1), getattr(report, "parallel_note", "")
+    return f"{n} ({note})" if note else str(n)
 
 
 def queue_status(occupancy: object) -> str:
