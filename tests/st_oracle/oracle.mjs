@@ -16,6 +16,17 @@
 // prompt is the one ST passes to GENERATE_AFTER_COMBINE_PROMPTS, the stop strings those of getTextGenGenerationData.
 // goldens.json gets only those outputs, with the case ids and preset paths.
 //
+// Group chats: `python -m tests.st_oracle.group_cases` writes group_cases.json (cards, ST group definitions, group
+// chats, and per case the group, the member who speaks and the turn); then
+//   node tests/st_oracle/oracle.mjs ST_CHECKOUT tests/st_oracle/group_cases.json tests/st_oracle/group_goldens.json
+// For such a case the server offers every member as a character and the group (its members and muted members as
+// avatar files, generation mode, join prefix and suffix) as ST's only group, each member's embedded lorebook is
+// imported as above, the group is opened (openGroupById loads its chat), and Generate(type, { force_chid }) runs
+// outside a dry run: that is ST's own group reply (generateGroupWrapper drafts the forced member and calls
+// Generate('group_chat' | 'impersonate' | 'continue') for it), since a dry run in a group builds the first enabled
+// member's prompt instead. The prompt and stop strings are taken at GENERATE_AFTER_DATA, before any request to a
+// backend, and the case ends there; it fails unless ST's name2 is the speaker's name.
+//
 // `python -m tests.st_oracle.shipped ST_CHECKOUT` runs this script over the presets the checkout ships (in a
 // temporary folder) and compares moechat's prompts with them; it writes nothing into the repository.
 //
@@ -67,7 +78,9 @@ if (onlyCase === undefined) {
     const version = JSON.parse(fs.readFileSync(path.join(stRoot, 'package.json'), 'utf8')).version;
     const golden = {
         sillytavern: version,
-        how: 'tests/st_oracle/oracle.mjs: SillyTavern Generate(dryRun) under node + jsdom, inputs in cases.json',
+        how: input.groups
+            ? `tests/st_oracle/oracle.mjs: SillyTavern's group reply (Generate with force_chid) under node + jsdom, inputs in ${path.basename(casesPath)}`
+            : `tests/st_oracle/oracle.mjs: SillyTavern Generate(dryRun) under node + jsdom, inputs in ${path.basename(casesPath)}`,
         results,
     };
     fs.writeFileSync(outPath, JSON.stringify(golden, null, 1) + '\n');
@@ -76,7 +89,9 @@ if (onlyCase === undefined) {
 
 // ---- child: one case --------------------------------------------------------------------------------------------
 const theCase = input.cases.find(c => c.id === onlyCase);
-const card = input.cards[theCase.card];
+// A group case (group_cases.json): the group's members are the characters, in the group's order; else the one card.
+const group = theCase.group ? input.groups[theCase.group] : null;
+const cardKeys = group ? group.members : [theCase.card];
 const chatLines = input.chats[theCase.chat ?? theCase.card];
 register(pathToFileURL(path.join(HERE, 'module_hook.mjs')).href, { data: { pub: pathToFileURL(pub).href } });
 
@@ -125,14 +140,22 @@ settings.power_user.sysprompt = { enabled: true, name: sysprompt.name, content: 
 const instructPreset = readPreset(theCase.instruct);
 const contextPreset = readPreset(theCase.context);
 const worlds = {};
-const charFile = 'case.png';
-const character = stCharacter(card);
+const avatarOf = key => (group ? `${key}.png` : 'case.png');
+const characterList = cardKeys.map(key => stCharacter(input.cards[key], avatarOf(key)));
+// ST's group file (groups/ID.json), its members and muted members named by their avatar files as ST stores them.
+const stGroup = group && {
+    id: 'case-group', name: group.name, chat_id: 'case group chat', chats: ['case group chat'],
+    members: group.members.map(avatarOf), disabled_members: group.muted.map(avatarOf),
+    generation_mode: group.generation_mode, generation_mode_join_prefix: group.join_prefix,
+    generation_mode_join_suffix: group.join_suffix, activation_strategy: 1, allow_self_responses: false,
+    avatar_url: '', fav: false, chat_metadata: {}, past_metadata: {},
+};
 
-function stCharacter(v2) {
+function stCharacter(v2, avatar) {
     // What ST's server returns for a PNG card: the V2 object with the V1 fields mirrored from `data` (readFromV2).
     const out = structuredClone(v2);
     for (const key of ['name', 'description', 'personality', 'scenario', 'first_mes', 'mes_example']) out[key] = v2.data[key] ?? '';
-    out.avatar = charFile;
+    out.avatar = avatar;
     out.chat = 'case chat';
     out.json_data = JSON.stringify(v2);
     return out;
@@ -153,13 +176,15 @@ function route(method, pathname, body) {
             instruct: presets('instruct'), context: presets('context'), sysprompt: presets('sysprompt'),
             enable_extensions: false, enable_extensions_auto_update: false, enable_accounts: false,
         });
-        case '/api/characters/all': return json([character]);
+        case '/api/characters/all': return json(characterList);
         case '/api/chats/get': return json(chatLines);
+        case '/api/groups/all': return json(stGroup ? [stGroup] : []);
+        case '/api/chats/group/get': return json(chatLines);
         case '/api/worldinfo/get': return worlds[body.name] ? json(worlds[body.name]) : [404, '{}'];
         case '/api/worldinfo/edit': worlds[body.name] = body.data; return json({ ok: true });
         case '/api/characters/merge-attributes':
             return json({ ok: true });
-        case '/api/avatars/get': case '/api/groups/all': case '/api/backgrounds/all': case '/api/plugins/list':
+        case '/api/avatars/get': case '/api/backgrounds/all': case '/api/plugins/list':
             return json([]);
         default: return json({});
     }
@@ -211,6 +236,7 @@ process.on('uncaughtException', e => errors.push(String(e?.stack || e).slice(0, 
 const st = await import(pathToFileURL(path.join(pub, 'script.js')).href);
 const wi = await import(pathToFileURL(path.join(pub, 'scripts', 'world-info.js')).href);
 const pu = await import(pathToFileURL(path.join(pub, 'scripts', 'power-user.js')).href);
+const gc = await import(pathToFileURL(path.join(pub, 'scripts', 'group-chats.js')).href);
 
 const deadline = Date.now() + 60_000;
 while (!st.characters.length || !pu.power_user.instruct) {
@@ -226,30 +252,58 @@ $('#context_presets').val(contextPreset.name).trigger('change');
 for (const [key, value] of Object.entries(theCase.context_overrides ?? {})) pu.power_user.context[key] = value;
 for (const [key, value] of Object.entries(theCase.instruct_overrides ?? {})) pu.power_user.instruct[key] = value;
 say('presets', pu.power_user.instruct.preset, pu.power_user.context.preset);
-await st.selectCharacterById('0');
-say('selected', st.chat.length);
-if (card.data.character_book) {
-    $('#import_character_info').data('chid', '0');
+if (!group) {
+    await st.selectCharacterById('0');
+    say('selected', st.chat.length);
+}
+for (const [chid, character] of characterList.entries()) {
+    if (!character.data.character_book) continue;
+    $('#import_character_info').data('chid', String(chid));
     await wi.importEmbeddedWorldInfo(true);
     // ST saves the link with the character form (/api/characters/edit writes data.extensions.world); as its server:
-    const bookName = card.data.character_book.name || `${card.data.name}'s Lorebook`;
+    const bookName = character.data.character_book.name || `${character.data.name}'s Lorebook`;
     character.data.extensions = { ...character.data.extensions, world: bookName };
     character.json_data = JSON.stringify({ ...JSON.parse(character.json_data), data: character.data });
     await st.getCharacters();
 }
-const linked = st.characters[0]?.data?.extensions?.world ?? null;
+if (group) {
+    await gc.openGroupById(stGroup.id);
+    say('group opened', gc.selected_group, st.chat.length);
+}
+const unlinked = characterList.filter((c, chid) => c.data.character_book && !st.characters[chid]?.data?.extensions?.world);
 if (pu.power_user.instruct.preset !== instructPreset.name || pu.power_user.context.preset !== contextPreset.name) {
     say(`preset not selected: ${pu.power_user.instruct.preset} / ${pu.power_user.context.preset}`);
     process.exit(1);
 }
 
+if (unlinked.length) throw new Error('a card\'s lorebook is not linked');
+if (pu.power_user.sysprompt.content !== sysprompt.content) throw new Error('system prompt not applied');
+
 let captured = null;
 let stops = null;
 st.eventSource.on(st.event_types.GENERATE_AFTER_COMBINE_PROMPTS, data => { captured = data.prompt; });
-st.eventSource.on(st.event_types.GENERATE_AFTER_DATA, data => { stops = data.stopping_strings ?? data.stop ?? null; });
+st.eventSource.on(st.event_types.GENERATE_AFTER_DATA, data => {
+    stops = data.stopping_strings ?? data.stop ?? null;
+    if (!group) return;
+    // A group reply is built only inside ST's group generation (a dry run builds the first enabled member's): the
+    // prompt is complete here, before the request to the backend, so the case ends without one.
+    const speaker = input.cards[theCase.speaker].data.name;
+    if (st.name2 !== speaker || captured === null) {
+        say(`group reply built for ${st.name2}, not ${speaker}`);
+        process.exit(1);
+    }
+    emit('RESULT ' + JSON.stringify({ prompt: captured, stops }));
+    process.exit(0);
+});
+if (group) {
+    // What the group's reply does (generateGroupWrapper, via Generate outside a dry run): force_chid drafts the speaker,
+    // whose prompt Generate('group_chat' | 'impersonate' | 'continue') then builds as for any reply.
+    st.setOnlineStatus('oracle');
+    await st.Generate(theCase.type ?? 'normal', { force_chid: group.members.indexOf(theCase.speaker) });
+    say(`group generation ended without a prompt: ${errors.join('\n')}`);
+    process.exit(1);
+}
 await st.Generate(theCase.type ?? 'normal', {}, true);
 if (captured === null) throw new Error(`no prompt captured: ${errors.join('\n')}`);
-if (card.data.character_book && !linked) throw new Error('the card\'s lorebook is not linked');
-if (pu.power_user.sysprompt.content !== sysprompt.content) throw new Error('system prompt not applied');
 emit('RESULT ' + JSON.stringify({ prompt: captured, stops }));
 process.exit(0);
