@@ -127,6 +127,20 @@ def test_other_members_are_stop_strings() -> None:
     assert "\nBob:" not in out.prompt.stops
 
 
+def test_group_macro_in_lore_is_the_members_names_before_the_scan() -> None:
+    """As SillyTavern substitutes an entry's macros when it fires: its text and what recursion reads name the members
+    (the second entry's key is only in the first entry's `{{group}}`)."""
+    entries = [
+        {"keys": ["bread"], "content": "{{group}} share the bread.", "id": 1, "position": "after_char"},
+        {"keys": ["Cara"], "content": "Crumbs lead to the witch.", "id": 2, "position": "after_char"},
+    ]
+    lore = Lore(global_=book_rules(read_lorebook({"entries": entries})))
+    turn = Turn(get_format("alpaca"), persona=PERSONA)
+    out = build_group_turn(group("swap"), 1, HISTORY, turn, lore, names=NAMES, count_tokens=words_count)
+    assert "Crumbs lead to the witch.\nAlice, Bob, Cara share the bread.\n" in out.prompt.text
+    assert out.prompt.report.lore == ("book #2: key 'Cara', recursion step 1", "book #1: key 'bread'")
+
+
 def test_group_macros_and_speaker_card() -> None:
     g = group("swap")
     assert (

@@ -21,8 +21,10 @@ from typing import Literal
 
 from moechat.cards import macros
 from moechat.cards.card import Card
+from moechat.cards.world_info import Rule
 from moechat.prompt.assemble import Message, Persona
-from moechat.prompt.turn import Lore, Mode, Turn, TurnPrompt, build_turn
+from moechat.prompt.st_preset import CardText, GroupText, StPreset
+from moechat.prompt.turn import Lore, Mode, Turn, TurnPrompt, build_turn, card_text
 
 GenerationMode = Literal["swap", "join", "join_muted"]
 GENERATION_MODES: tuple[GenerationMode, ...] = ("swap", "join", "join_muted")  # SillyTavern's numbers 0, 1, 2
@@ -59,21 +61,32 @@ def group_macros(text: str, group: Group) -> str:
     return _GROUP_MACRO.sub(lambda _: group.names, text)
 
 
-def speaker_card(group: Group, speaker: int, user: str, mode: Mode = "reply", seed: int | str = 0) -> Card:
+def speaker_card(
+    group: Group,
+    speaker: int,
+    user: str,
+    mode: Mode = "reply",
+    seed: int | str = 0,
+    *,
+    preset: StPreset | None = None,
+) -> Card:
     """The card the speaker's prompt is built from: its own, with joined fields in the join modes, the nudge
-    before its post-history instructions, and the group macros replaced."""
+    before its post-history instructions, and the group macros replaced. With a SillyTavern `preset` as SillyTavern's
+    text completion has it: no nudge, the joined parts separated by a newline only with the preset's wrap on."""
     card = group.members[speaker]
     fields = {name: getattr(card, name) for name, _ in JOINED_FIELDS}
+    separator = "\n" if preset is None or preset.instruct.get("wrap") is True else ""
     if group.mode != "swap":
-        fields = {name: _joined(group, speaker, user, name, label, seed) for name, label in JOINED_FIELDS}
-    nudge = group.nudge if mode != "impersonate" else ""
+        fields = {name: _joined(group, speaker, user, name, label, seed, separator) for name, label in JOINED_FIELDS}
+    nudge = group.nudge if mode != "impersonate" and preset is None else ""
     post = "\n".join(text for text in (nudge.strip(), card.post_history_instructions.strip()) if text)
     fields |= {"system_prompt": card.system_prompt, "post_history_instructions": post}
     return card.model_copy(update={name: group_macros(text, group) for name, text in fields.items()})
 
 
-def _joined(group: Group, speaker: int, user: str, field: str, label: str, seed: int | str) -> str:
-    """One field over the members, as `getGroupCharacterCards` joins it (instruct wrap on: `\\n` around it)."""
+def _joined(group: Group, speaker: int, user: str, field: str, label: str, seed: int | str, separator: str) -> str:
+    """One field over the members, as `getGroupCharacterCards` joins it (`separator` between the prefix, the text
+    and the suffix; members' parts one a line)."""
     rng = random.Random(f"join|{seed}|{field}")
 
     def sub(text: str, name: str) -> str:
@@ -87,7 +100,9 @@ def _joined(group: Group, speaker: int, user: str, field: str, label: str, seed:
         if not value:
             continue
         prefix, suffix = sub(group.join_prefix, card.name), sub(group.join_suffix, card.name)
-        parts.append(f"{prefix + chr(10) if prefix else ''}{sub(value, card.name)}{chr(10) + suffix if suffix else ''}")
+        parts.append(
+            f"{prefix + separator if prefix else ''}{sub(value, card.name)}{separator + suffix if suffix else ''}"
+        )
     return "\n".join(part for part in parts if part)
 
 
@@ -104,7 +119,8 @@ def build_group_turn(
     """The exact prompt for member `speaker`'s reply. `names` are the messages' speakers as stored (a reply's: the
     member who said it; default: the messages' own `name`); `lore` is the speaker's (SillyTavern scans only the drafted
     member's books)."""
-    card = speaker_card(group, speaker, turn.persona.name, turn.mode, turn.seed)
+    preset = turn.format if isinstance(turn.format, StPreset) else None
+    card = speaker_card(group, speaker, turn.persona.name, turn.mode, turn.seed, preset=preset)
     system = turn.system_prompt
     turn = replace(
         turn,
@@ -112,10 +128,32 @@ def build_group_turn(
         note=replace(turn.note, text=group_macros(turn.note.text, group)) if turn.note.text else turn.note,
         system_prompt=group_macros(system, group) if system is not None else None,
     )
+    lore = _group_lore(lore or Lore(), group)
     if names is None:  # default: the names the messages carry
         names = [m.name or (turn.persona.name if m.role == "user" else card.name) for m in history]
-    out = build_turn(card, history, turn, lore or Lore(), names=names, count_tokens=count_tokens, member_names=True)
+    if preset is not None:  # SillyTavern's own group handling: names, {{group}}, depth prompts, stop strings
+        st_group = GroupText(tuple(c.name for c in group.members), _depth_prompts(group, speaker))
+        return build_turn(card, history, turn, lore, names=names, count_tokens=count_tokens, group=st_group)
+    out = build_turn(card, history, turn, lore, names=names, count_tokens=count_tokens, member_names=True)
     others = tuple(
         f"\n{c.name}:" for i, c in enumerate(group.members) if i != speaker and c.name and c.name != card.name
     )
     return replace(out, prompt=replace(out.prompt, stops=tuple(dict.fromkeys((*out.prompt.stops, *others)))))
+
+
+def _depth_prompts(group: Group, speaker: int) -> tuple[CardText, ...] | None:
+    """The join modes' depth prompts, as `getGroupDepthPrompts` collects them: every member's but a muted one's
+    (unless it speaks, in either join mode); None in swap mode (the speaker's own)."""
+    if group.mode == "swap":
+        return None
+    return tuple(card_text(c) for i, c in enumerate(group.members) if i not in group.muted or i == speaker)
+
+
+def _group_lore(lore: Lore, group: Group) -> Lore:
+    """The lore with `{{group}}` filled in its entries' content before the scan (SillyTavern substitutes an entry's
+    macros when it fires, so recursion reads the members' names)."""
+
+    def filled(rules: Sequence[Rule]) -> tuple[Rule, ...]:
+        return tuple(replace(rule, content=group_macros(rule.content, group)) for rule in rules)
+
+    return replace(lore, character=filled(lore.character), chat=filled(lore.chat), global_=filled(lore.global_))

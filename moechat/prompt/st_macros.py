@@ -1,7 +1,8 @@
 """SillyTavern's macro substitution (`substituteParams` / `evaluateMacros`, 1.12) for prompts rendered with its
 presets (docs/formats.md §3.10), and the Handlebars subset its story strings use (`renderStoryString`).
 
-Supported: `<USER>`/`<BOT>`/`<CHAR>`, `{{user}}`, `{{char}}`, `{{original}}` (once), the card fields
+Supported: `<USER>`/`<BOT>`/`<CHAR>`, `{{user}}`, `{{char}}`, `{{group}}`/`{{charIfNotGroup}}` (and their `<GROUP>`
+forms: in a group chat the members' names, else the character), `{{original}}` (once), the card fields
 (`{{description}}`, `{{personality}}`, `{{scenario}}`, `{{persona}}`, `{{mesExamples}}`, `{{charPrompt}}`,
 `{{charJailbreak}}`), the instruct-sequence macros, `{{newline}}`, `{{trim}}`, `{{noop}}`, `{{// comments}}`,
 `{{reverse:}}`; `{{random}}`, `{{pick}}` and `{{roll}}` use moechat's macros. Time and chat-state macros are left
@@ -28,6 +29,11 @@ class MacroEnv:
     fields: Mapping[str, str] = field(default_factory=dict)  # description, personality, ... as ST names them
     instruct: Mapping[str, str] = field(default_factory=dict)  # macro name (pipe-separated aliases) -> value
     seed: int | str = 0
+    group: str | None = None  # `{{group}}` in a group chat: the members' names joined with ", " (else the char)
+
+    @property
+    def group_value(self) -> str:
+        return self.char if self.group is None else self.group
 
 
 def substitute(text: str, env: MacroEnv, original: str | None = None, *, card_fields: bool = True) -> str:
@@ -35,8 +41,10 @@ def substitute(text: str, env: MacroEnv, original: str | None = None, *, card_fi
     if not text:
         return ""
     text = re.sub("<USER>", lambda _: env.user, text, flags=re.IGNORECASE)
-    for tag in ("<BOT>", "<CHAR>", "<CHARIFNOTGROUP>", "<GROUP>"):
+    for tag in ("<BOT>", "<CHAR>"):
         text = re.sub(re.escape(tag), lambda _: env.char, text, flags=re.IGNORECASE)
+    for tag in ("<CHARIFNOTGROUP>", "<GROUP>"):
+        text = re.sub(re.escape(tag), lambda _: env.group_value, text, flags=re.IGNORECASE)
     if "{{" not in text:
         return text
     for aliases, sequence in env.instruct.items():
@@ -58,7 +66,8 @@ def substitute(text: str, env: MacroEnv, original: str | None = None, *, card_fi
         values["original"] = once
     if card_fields:
         values.update(env.fields)
-    values |= {"user": env.user, "char": env.char, "group": env.char, "charIfNotGroup": env.char, "model": ""}
+    group = env.group_value
+    values |= {"user": env.user, "char": env.char, "group": group, "charIfNotGroup": group, "model": ""}
     for name, value in values.items():
         pattern = re.compile(r"\{\{" + re.escape(name) + r"\}\}", re.IGNORECASE)
         text = pattern.sub(_literal(value), text)

@@ -133,6 +133,16 @@ class CardText:
 
 
 @dataclass(frozen=True)
+class GroupText:
+    """A group chat as SillyTavern's prompt sees it (docs/formats.md §3.12): the members' names in order (`{{group}}`,
+    and every other member's name a stop string); in the join modes every member's depth prompt (muted members' left
+    out unless they speak), each with its own `{{char}}` (`getGroupDepthPrompts`), else the speaker's own."""
+
+    members: tuple[str, ...]
+    depth_prompts: tuple[CardText, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Note:
     """The author's note: in-chat at `depth` as a system message, every `interval` user messages (0: off)."""
 
@@ -167,20 +177,27 @@ def render(
     max_context: int = 1_000_000,
     count_tokens: Callable[[str], int] = lambda text: len(text) // 3,
     seed: int | str = 0,
+    group: GroupText | None = None,
 ) -> Rendered:
     """The prompt SillyTavern sends for `chat` (oldest first, ending with the user's message for a reply).
-    `max_context` is the context minus the reply length (SillyTavern's `this_max_context`)."""
-    r = _Renderer(preset, card, user, persona, seed)
+    `max_context` is the context minus the reply length (SillyTavern's `this_max_context`); `group` for a member's
+    reply in a group chat."""
+    r = _Renderer(preset, card, user, persona, seed, group)
     return r.render(list(chat), lore, note, mode, max_context, count_tokens)
 
 
 class _Renderer:
-    def __init__(self, preset: StPreset, card: CardText, user: str, persona: str, seed: int | str) -> None:
-        self.p, self.card, self.user, self.char = preset, card, user, card.name
+    def __init__(
+        self, preset: StPreset, card: CardText, user: str, persona: str, seed: int | str, group: GroupText | None
+    ) -> None:
+        self.p, self.card, self.user, self.char, self.group = preset, card, user, card.name, group
         self.ins = preset.instruct
         self.wrap = self.ins.get("wrap") is True
+        # names_behavior "force": SillyTavern names every member's messages in a group chat
+        self.forced = group is not None and self.ins.get("names_behavior") == "force"
+        self.group_names = ", ".join(name for name in group.members if name) if group else None
         # a preset's "macro" switch is not applied: ST 1.12.6's preset selector skips it and its setting is on
-        bare = MacroEnv(user, card.name, seed=seed)
+        bare = MacroEnv(user, card.name, seed=seed, group=self.group_names)
         base = {k: self.base(getattr(card, k), bare) for k in ("description", "personality", "scenario")}
         self.fields = {
             "charPrompt": self.base(card.system_prompt, bare),
@@ -191,7 +208,7 @@ class _Renderer:
             "charVersion": "",
             "char_version": "",
         }
-        self.env = MacroEnv(user, card.name, self.fields, self._instruct_macros(), seed)
+        self.env = MacroEnv(user, card.name, self.fields, self._instruct_macros(), seed, self.group_names)
 
     def base(self, value: str, env: MacroEnv | None = None) -> str:
         """`baseChatReplace`: trimmed, macros without the card fields, no `\\r`."""
@@ -228,7 +245,7 @@ class _Renderer:
     # ---- instruct-mode.js -------------------------------------------------------------------------------------
     def format_chat(self, name: str | None, mes: str, is_user: bool, narrator: bool, force: str = "") -> str:
         s = self.p.seq
-        include = not narrator and self.ins.get("names_behavior") == "always"
+        include = not narrator and (self.ins.get("names_behavior") == "always" or (self.forced and name != self.user))
         if narrator:
             prefix = s("input_sequence") if self.ins.get("system_same_as_user") else s("system_sequence")
             suffix = s("input_suffix") if self.ins.get("system_same_as_user") else s("system_suffix")
@@ -258,7 +275,7 @@ class _Renderer:
         heading = self._example_heading()
         if self.ins.get("skip_examples"):
             return [re.sub(r"<START>\n", lambda _: heading, b, count=1, flags=re.IGNORECASE) for b in blocks]
-        s, always = self.p.seq, self.ins.get("names_behavior") == "always"
+        s, always = self.p.seq, self.ins.get("names_behavior") == "always" or self.forced
         ins, outs, in_suf, out_suf = s("input_sequence"), s("output_sequence"), s("input_suffix"), s("output_suffix")
         ins = re.sub(r"\{\{name\}\}", lambda _: self.user, self.sub(ins), flags=re.IGNORECASE)
         outs = re.sub(r"\{\{name\}\}", lambda _: self.char, self.sub(outs), flags=re.IGNORECASE)
@@ -270,7 +287,7 @@ class _Renderer:
         out: list[str] = []
         for block in blocks:
             cleaned = re.sub(r"<START>", "{Example Dialogue:}", block, count=1, flags=re.IGNORECASE).replace("\r", "")
-            turns = _individual(cleaned, self.user, self.char)
+            turns = _individual(cleaned, self.user, self.char, self.group is not None)
             if not turns:
                 continue
             if heading:
@@ -291,7 +308,7 @@ class _Renderer:
 
     def format_cue(self, name: str, impersonate: bool) -> str:
         s = self.p.seq
-        include = bool(name) and self.ins.get("names_behavior") == "always"
+        include = bool(name) and (self.ins.get("names_behavior") == "always" or self.forced)
         sequence = s("input_sequence") if impersonate else (s("last_output_sequence") or s("output_sequence"))
         filler = ""
         last, out = s("last_output_sequence"), s("output_sequence")
@@ -307,6 +324,8 @@ class _Renderer:
         if self.p.context.get("names_as_stop_strings", True):
             char_s, user_s = f"\n{self.char}:", f"\n{self.user}:"
             out += [char_s if impersonate else user_s, user_s] + ([char_s] if continuing_user else [])
+            if self.group:  # every other member's name
+                out += [f"\n{name}:" for name in self.group.members if name and name != self.char]
         s = self.p.seq
         named = {
             "input_sequence": self.user,
@@ -481,7 +500,16 @@ class _Renderer:
             bottom = [self.sub(h.content) for h in lore.at("an_bottom")] if lore else []
             text = re.sub(r"(^\n)|(\n\Z)", "", "\n".join(top) + "\n" + note.text + "\n" + "\n".join(bottom))
             prompts["2_floating_prompt"] = (note.depth, 0, text)
-        if self.card.depth_prompt.strip():
+        if self.group and self.group.depth_prompts:  # the join modes: every member's, with its own {{char}}
+            for index, member in enumerate(m for m in self.group.depth_prompts if m.depth_prompt.strip()):
+                env = MacroEnv(self.user, member.name, seed=self.env.seed, group=self.group_names)
+                text = self.base(member.depth_prompt, env)
+                prompts[f"DEPTH_PROMPT_{index}"] = (
+                    member.depth_prompt_depth,
+                    _ROLE_IDS.get(member.depth_prompt_role, 0),
+                    text,
+                )
+        elif self.card.depth_prompt.strip():
             depth_role = _ROLE_IDS.get(self.card.depth_prompt_role, 0)
             prompts["DEPTH_PROMPT"] = (self.card.depth_prompt_depth, depth_role, self.base(self.card.depth_prompt))
         groups: dict[tuple[int, int], list[str]] = {}
@@ -519,15 +547,17 @@ def _example_lore(lore: Selection | None) -> list[tuple[str, str]]:
     return [(h.position, h.content) for h in hits]
 
 
-def _individual(block: str, user: str, char: str) -> list[tuple[bool, str]]:
-    """`parseExampleIntoIndividual`: a block's turns (is_user, text); the first line is the block heading."""
+def _individual(block: str, user: str, char: str, group: bool = False) -> list[tuple[bool, str]]:
+    """`parseExampleIntoIndividual`: a block's turns (is_user, text); the first line is the block heading. In a group
+    chat each turn keeps its speaker's name (`Name: text`; with names on, SillyTavern names it twice)."""
     lines = block.split("\n")
     out: list[tuple[bool, str]] = []
     current: list[str] = []
     in_user = in_bot = False
 
     def add(name: str, is_user: bool) -> None:
-        out.append((is_user, "\n".join(current).replace(name + ":", "", 1).strip()))
+        text = "\n".join(current).replace(name + ":", "", 1).strip()
+        out.append((is_user, f"{name}: {text}" if group else text))
         current.clear()
 
     for line in lines[1:]:

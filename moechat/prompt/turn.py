@@ -16,7 +16,7 @@ from moechat.cards.world_info import Rule, book_rules
 from moechat.prompt.assemble import AuthorsNote, Budget, Message, Persona, Prompt, build
 from moechat.prompt.budget import Report
 from moechat.prompt.formats import Format
-from moechat.prompt.st_preset import CardText, ChatLine, Note, StPreset, render
+from moechat.prompt.st_preset import CardText, ChatLine, GroupText, Note, StPreset, render
 
 Mode = Literal["reply", "continue", "impersonate"]
 
@@ -86,10 +86,12 @@ def build_turn(
     names: Sequence[str] | None = None,
     count_tokens: Callable[[str], int] | None = None,
     member_names: bool = False,
+    group: GroupText | None = None,
 ) -> TurnPrompt:
     """The exact prompt for the next turn. `history` is oldest first (hidden messages left out); `names` are the
     speakers' names as stored (default: the persona's for the user, the card's for the character). The built-in
-    formats name the character's replies after the card, or with `member_names` (a group chat) as stored."""
+    formats name the character's replies after the card, or with `member_names` (a group chat) as stored; `group`
+    is a group chat as a SillyTavern preset sees it."""
     count = count_tokens or estimate_tokens
     speakers = list(names) if names is not None else [_speaker(m, card, turn) for m in history]
     max_context = turn.context - turn.reserve
@@ -103,7 +105,7 @@ def build_turn(
         rng=_rng(turn.seed),
     )
     if isinstance(turn.format, StPreset):
-        prompt = _st(card, history, speakers, turn, selection, count, count_tokens is None)
+        prompt = _st(card, history, speakers, turn, selection, count, count_tokens is None, group)
         return TurnPrompt(_with_lore(prompt, selection), selection)
     clean_history = [
         Message(m.role, clean(m.text), name if m.role == "user" or member_names else "")
@@ -172,6 +174,7 @@ def _st(
     selection: Selection,
     count: Callable[[str], int],
     estimated: bool,
+    group: GroupText | None = None,
 ) -> Prompt:
     assert isinstance(turn.format, StPreset)
     chat = [ChatLine(name, m.role == "user", m.text) for name, m in zip(speakers, history, strict=True)]
@@ -188,6 +191,7 @@ def _st(
         max_context=max_context,
         count_tokens=count,
         seed=turn.seed,
+        group=group,
     )
     total = count(out.text)
     dropped = tuple(range(len(history) - out.kept_messages)) if out.kept_messages < len(history) else ()

@@ -37,7 +37,10 @@ WREN = {
         "tags": [],
         "creator": "",
         "character_version": "",
-        "extensions": {"talkativeness": "0.9", "depth_prompt": {"prompt": "{{char}} hums.", "depth": 2, "role": "user"}},
+        "extensions": {
+            "talkativeness": "0.9",
+            "depth_prompt": {"prompt": "{{char}} hums.", "depth": 2, "role": "user"},
+        },
     },
 }
 MEMBERS = ["lumi", "bram", "wren"]

@@ -10,6 +10,7 @@ from typing import Any
 from moechat.cards.card import card_from_json
 from moechat.cards.lore_scan import LoreSettings
 from moechat.prompt.assemble import Message, Persona
+from moechat.prompt.group import GENERATION_MODES, Group, build_group_turn
 from moechat.prompt.st_preset import StPreset, read_context, read_instruct
 from moechat.prompt.turn import Lore, Mode, Turn, build_turn, card_lore
 
@@ -57,4 +58,32 @@ def render_case(case: dict[str, Any], data: dict[str, Any], base: Path) -> tuple
     )
     lore = Lore(card_lore(card), settings=lore_settings(data))
     out = build_turn(card, history, turn, lore, names=[m["name"] for m in lines])
+    return out.prompt.text, out.prompt.stops
+
+
+def render_group_case(case: dict[str, Any], data: dict[str, Any], base: Path) -> tuple[str, tuple[str, ...]]:
+    """The prompt text and stop strings for the speaker's reply in a group case of group_cases.json (`data`), through
+    the app's group turn builder."""
+    spec = data["groups"][case["group"]]
+    keys = spec["members"]
+    group = Group(
+        spec["name"],
+        tuple(card_from_json(data["cards"][key]) for key in keys),
+        muted=frozenset(keys.index(key) for key in spec["muted"]),
+        mode=GENERATION_MODES[spec["generation_mode"]],
+        join_prefix=spec["join_prefix"],
+        join_suffix=spec["join_suffix"],
+    )
+    speaker = keys.index(case["speaker"])
+    lines = data["chats"][case["chat"]]
+    history = [Message("user" if m["is_user"] else "model", m["mes"], m["name"]) for m in lines]
+    turn = Turn(
+        preset_for(case, base),
+        persona=Persona(data["user"], data["persona"]),
+        context=data["max_context"],
+        reserve=data["amount_gen"],
+        mode=MODES[case.get("type", "normal")],
+    )
+    lore = Lore(card_lore(group.members[speaker]), settings=lore_settings(data))
+    out = build_group_turn(group, speaker, history, turn, lore, names=[m["name"] for m in lines])
     return out.prompt.text, out.prompt.stops
