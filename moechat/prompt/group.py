@@ -6,9 +6,13 @@ builder (`prompt/turn.py`), as SillyTavern's `Generate` does for the drafted mem
   member's, each with its own `{{char}}` and wrapped in the join prefix and suffix (`<FIELDNAME>` is the field's
   name), as `getGroupCharacterCards` joins them; muted members are left out in join mode unless they speak;
 - system prompt, post-history instructions and lore are always the speaker's; `{{char}}` is the speaker,
-  `{{group}}` and `{{charIfNotGroup}}` the members' names joined with ", ";
+  `{{group}}` and `{{charIfNotGroup}}` the members' names joined with ", " (in lore entries too, before the scan);
 - the group nudge (`[Write the next reply only as {{char}}.]`) goes after the history, before the post-history
   instructions (not for impersonation); every other member's `\\nName:` is a stop string.
+
+With a SillyTavern preset the turn is what SillyTavern's text completion sends (tests/st_oracle): no nudge, the join
+separator a newline only with the preset's wrap on, every member's depth prompt in the join modes, and names,
+`{{group}}` and stop strings as `st_preset.render` has them for a `GroupText`.
 """
 
 from __future__ import annotations
