@@ -154,10 +154,16 @@ def _depth_prompts(group: Group, speaker: int) -> tuple[CardText, ...] | None:
 
 
 def _group_lore(lore: Lore, group: Group) -> Lore:
-    """The lore with `{{group}}` filled in its entries' content before the scan (SillyTavern substitutes an entry's
-    macros when it fires, so recursion reads the members' names)."""
+    """The lore with `{{group}}` filled in its entries' keys and content before the scan (SillyTavern substitutes an
+    entry's macros when it fires, so recursion reads the members' names, and every key's when it matches)."""
+
+    def keys(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(group_macros(key, group) for key in values)
 
     def filled(rules: Sequence[Rule]) -> tuple[Rule, ...]:
-        return tuple(replace(rule, content=group_macros(rule.content, group)) for rule in rules)
+        return tuple(
+            replace(r, content=group_macros(r.content, group), keys=keys(r.keys), secondary=keys(r.secondary))
+            for r in rules
+        )
 
     return replace(lore, character=filled(lore.character), chat=filled(lore.chat), global_=filled(lore.global_))

@@ -186,6 +186,20 @@ def render(
     return r.render(list(chat), lore, note, mode, max_context, count_tokens)
 
 
+def substitute_params(
+    preset: StPreset,
+    card: CardText,
+    *,
+    user: str,
+    persona: str = "",
+    seed: int | str = 0,
+    group: GroupText | None = None,
+) -> Callable[[str], str]:
+    """SillyTavern's `substituteParams` as `render` applies it for this card, user and group (what the World Info scan
+    fills in entries' keys and content)."""
+    return _Renderer(preset, card, user, persona, seed, group).sub
+
+
 class _Renderer:
     def __init__(
         self, preset: StPreset, card: CardText, user: str, persona: str, seed: int | str, group: GroupText | None

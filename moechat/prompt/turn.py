@@ -10,13 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from moechat.cards import macros
 from moechat.cards.card import Card
 from moechat.cards.lore_scan import LoreSettings, Selection, order_rules, scan, scan_messages
 from moechat.cards.world_info import Rule, book_rules
 from moechat.prompt.assemble import AuthorsNote, Budget, Message, Persona, Prompt, build
 from moechat.prompt.budget import Report
 from moechat.prompt.formats import Format
-from moechat.prompt.st_preset import CardText, ChatLine, GroupText, Note, StPreset, render
+from moechat.prompt.st_preset import CardText, ChatLine, GroupText, Note, StPreset, render, substitute_params
 
 Mode = Literal["reply", "continue", "impersonate"]
 
@@ -102,6 +103,7 @@ def build_turn(
         count,
         lore.settings,
         budget=lore.settings.budget(max_context),
+        substitute=_lore_macros(card, turn, group),
         rng=_rng(turn.seed),
     )
     if isinstance(turn.format, StPreset):
@@ -125,6 +127,18 @@ def build_turn(
         seed=turn.seed,
     )
     return TurnPrompt(_with_lore(prompt, selection), selection)
+
+
+def _lore_macros(card: Card, turn: Turn, group: GroupText | None) -> Callable[[str], str]:
+    """The macros the scan fills in entries' keys and content (SillyTavern's `substituteParams`, so recursion reads
+    names, not `{{char}}`): the preset's macros for a SillyTavern preset, else the card macros with the names the
+    built-in formats use."""
+    if isinstance(turn.format, StPreset):
+        user, persona = turn.persona.name, turn.persona.description
+        return substitute_params(turn.format, card_text(card), user=user, persona=persona, seed=turn.seed, group=group)
+    char, user = card.nickname or card.name, turn.format.user_label or turn.persona.name or "You"
+    persona, rng = clean(turn.persona.description), _rng(f"macros|{turn.seed}")
+    return lambda text: macros.substitute(text, char=char, user=user, seed=turn.seed, rng=rng, persona=persona)
 
 
 def _with_lore(prompt: Prompt, selection: Selection) -> Prompt:
