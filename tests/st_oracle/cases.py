@@ -126,6 +126,42 @@ BRAM = {
     },
 }
 
+# recursion that only macros make: the chat never names "Tove rings", "Ann wrote", "Ann's coin" or the ferry; the
+# entries' {{char}}, {{user}}, <USER> and {{description}} filled, and a key's {{user}}, do
+TOVE_BOOK = {
+    "name": "Pier lore",
+    "entries": [
+        entry(0, ["bell"], "{{char}} rings the bell at the pier.", 100, 1),
+        entry(1, ["Tove rings"], "Every ring calls the ferry.", 90, 1),
+        entry(2, ["letter"], "<USER> wrote the letter in haste.", 80, 0),
+        entry(3, ["Ann wrote"], "The letter asks for {{user}}'s coin.", 70, 0),
+        entry(4, ["{{user}}'s coin"], "A debt is a debt.", 60, 0),
+        entry(5, ["ferry"], "Keeper: {{description}}", 50, 1),
+        entry(6, ["keeps the lamp"], "The lamp never goes out.", 40, 1),
+    ],
+}
+TOVE = {
+    "spec": "chara_card_v2",
+    "spec_version": "2.0",
+    "data": {
+        "name": "Tove",
+        "description": "{{char}} keeps the lamp of the north pier.",
+        "personality": "",
+        "scenario": "",
+        "first_mes": "The fog is thick tonight, {{user}}.",
+        "mes_example": "",
+        "creator_notes": "",
+        "system_prompt": "",
+        "post_history_instructions": "",
+        "alternate_greetings": [],
+        "tags": [],
+        "creator": "",
+        "character_version": "",
+        "extensions": {},
+        "character_book": TOVE_BOOK,
+    },
+}
+
 
 def st_chat(char: str, messages: list[tuple[bool, str]]) -> list[dict[str, Any]]:
     header = {"user_name": "Ann", "character_name": char, "create_date": "2024-09-28@01h02m03s", "chat_metadata": {}}
@@ -142,6 +178,9 @@ LUMI_CHAT = st_chat(
     ],
 )
 BRAM_CHAT = st_chat("Bram", [(False, "Fare, Ann?"), (True, "Take me across."), (False, "Coin first.")])
+TOVE_CHAT = st_chat(
+    "Tove", [(False, "The fog is thick tonight, Ann."), (True, "I carry a letter. Shall I ring the bell?")]
+)
 BRAM_ASK = st_chat("Bram", [(False, "Fare, Ann?"), (True, "Take me across."), (False, "Coin first."), (True, "Here.")])
 
 
@@ -169,6 +208,9 @@ def cases() -> list[dict[str, Any]]:
         if context != "default":
             out.append(case(instruct, context, system, "lumi", "lumi", "impersonate"))
             out.append(case(instruct, context, OTHER_SYSTEM[system], "bram", "bram", "continue"))
+    # lore recursion through macros in entries (SillyTavern substitutes keys and fired content before recursion)
+    out.append(case("turn", "turn", "default", "tove", "tove"))
+    out.append(case("bracket", "bracket", "stage", "tove", "tove"))
     return out
 
 
@@ -180,8 +222,8 @@ def inputs(case_list: list[dict[str, Any]]) -> dict[str, Any]:
         "max_context": 8192,
         "amount_gen": 350,
         "settings": ST_SETTINGS,
-        "cards": {"lumi": LUMI, "bram": BRAM},
-        "chats": {"lumi": LUMI_CHAT, "bram": BRAM_CHAT, "bram_ask": BRAM_ASK},
+        "cards": {"lumi": LUMI, "bram": BRAM, "tove": TOVE},
+        "chats": {"lumi": LUMI_CHAT, "bram": BRAM_CHAT, "bram_ask": BRAM_ASK, "tove": TOVE_CHAT},
         "cases": case_list,
     }
 
