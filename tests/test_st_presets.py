@@ -2,8 +2,9 @@
 
 goldens.json holds the prompts and stop strings SillyTavern's own Generate built under node for our inputs
 (cases.json): eight instruct presets, eight context templates and three system prompts written for these tests
-(presets/), covering every instruct and context field moechat reads, and two cards (one with CRLF text, examples, a
-recursive lorebook and post-history instructions) with their chats, in reply, impersonate and continue. Regenerate
+(presets/), covering every instruct and context field moechat reads, and three cards (one with CRLF text, examples, a
+recursive lorebook and post-history instructions; one whose lorebook recurses only through macros in its entries)
+with their chats, in reply, impersonate and continue. Regenerate
 with tests/st_oracle (see oracle.mjs); no node and no SillyTavern checkout are needed here.
 """
 

@@ -1,4 +1,4 @@
-"""The inputs of the SillyTavern oracle, all ours: two cards, their chats, the cases to render, and the instruct
+"""The inputs of the SillyTavern oracle, all ours: three cards, their chats, the cases to render, and the instruct
 presets, context templates and system prompts under presets/ (written for these tests; none of SillyTavern's own).
 
 `python tests/st_oracle/cases.py` writes cases.json beside it; `node tests/st_oracle/oracle.mjs ST cases.json
