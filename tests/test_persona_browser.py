@@ -12,6 +12,8 @@ pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect
 
 from moechat.gguf.tiny import write_tiny_gguf
+from moechat.library import persona_avatar_path
+from moechat.store.store import Store
 from tests.app_server import AppServer, StartApp, fill_and_hold
 from tests.models import BROWSER_MOE
 
@@ -72,3 +74,21 @@ def test_persona_panel(page: Page) -> None:
     expect(status).to_contain_text("Turns use Yara")
     expect(page.locator("#persona_pick input")).to_have_value("Yara · default")
     expect(page.locator("#persona_avatar img")).to_be_visible()
+
+
+def test_the_users_messages_show_the_personas_avatar(page: Page, server: AppServer) -> None:
+    page.locator("#gallery .thumbnail-item", has_text="Captain Juno").first.click()
+    expect(page.locator("#char_info")).to_contain_text("Captain Juno")
+    page.get_by_text("Persona, format and sampling").click()
+    fill_and_hold(page.locator("#user_name textarea, #user_name input").first, "Quill")
+    page.locator("#persona_new").click()
+    expect(page.locator("#persona_status")).to_contain_text("Turns use Quill (picked)")
+    page.locator("#msg textarea").fill("Who am I?")
+    page.locator("#msg textarea").press("Enter")
+    expect(page.get_by_test_id("user").last).to_contain_text("Who am I?", timeout=30_000)
+    user_avatar = page.locator('#chatbot img[alt="user avatar"]').first  # none before: no persona, no picture
+    expect(user_avatar).to_be_visible(timeout=15_000)
+    with Store.open(server.data_dir) as store:
+        (quill,) = [p for p in store.personas() if p.name == "Quill"]
+        drawn = persona_avatar_path(server.data_dir, store.owner, quill.id)  # drawn from the name
+    assert page.request.get(user_avatar.get_attribute("src") or "").body() == drawn.read_bytes()

@@ -289,10 +289,12 @@ def _wire_characters(ui: Page, h: Handlers) -> None:
 def _wire_personas(ui: Page, h: Handlers) -> None:
     p, do = ui.chat.talk.personas, h.personas
     panel, session = p.values(), [ui.session]
-    p.pick.input(do.pick, [ui.session, p.pick], panel, **PRIVATE)
-    p.new.click(do.create, [ui.session, p.user_name, p.persona], panel, **PRIVATE)
-    p.save.click(do.save, [ui.session, p.user_name, p.persona], panel, **PRIVATE)
-    p.avatar.upload(do.upload_avatar, [ui.session, p.avatar], panel, **PRIVATE)
+    events = [
+        p.pick.input(do.pick, [ui.session, p.pick], panel, **PRIVATE),
+        p.new.click(do.create, [ui.session, p.user_name, p.persona], panel, **PRIVATE),
+        p.save.click(do.save, [ui.session, p.user_name, p.persona], panel, **PRIVATE),
+        p.avatar.upload(do.upload_avatar, [ui.session, p.avatar], panel, **PRIVATE),
+    ]
     for button, handler in (
         (p.delete, do.delete),
         (p.default, do.toggle_default),
@@ -300,7 +302,9 @@ def _wire_personas(ui: Page, h: Handlers) -> None:
         (p.lock_character, do.lock_character),
         (p.unlock, do.unlock),
     ):
-        button.click(handler, session, panel, **PRIVATE)
+        events.append(button.click(handler, session, panel, **PRIVATE))
+    for event in events:  # the user's messages show the persona the chat's turns now use
+        event.then(h.chats.avatars, session, [ui.chat.talk.chatbot], **PRIVATE)
 
 
 def launch(

@@ -17,7 +17,7 @@ from moechat.chatfiles.markdown import to_markdown
 from moechat.chatfiles.sillytavern import to_jsonl
 from moechat.chatfiles.st_groups import export_group_chat
 from moechat.errors import MoechatError
-from moechat.library import avatar_file, card_of
+from moechat.library import avatar_file, card_of, persona_avatar_file
 from moechat.store.records import ChatInfo
 from moechat.store.store import Store
 from moechat.ui.chat import ChatUI
@@ -56,9 +56,21 @@ class ChatList:
                 return self.skip()
             session.chat_id, session.selected, session.shown = chat_id, None, None
             views = self.ui.views(session)
-            avatar = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
-        views = views._replace(chatbot=gr.Chatbot(value=views.chatbot, avatar_images=(None, avatar)))
+            avatars = self._avatars(store, session)
+        views = views._replace(chatbot=gr.Chatbot(value=views.chatbot, avatar_images=avatars))
         return ChatOpened(views, self.picker(session), self.info(session), self.title(session)).flat()
+
+    def _avatars(self, store: Store, session: Session) -> tuple[str | None, str | None]:
+        """The chat's avatars: the persona its turns use (none: no picture) and the character."""
+        chosen = store.chosen_persona(session.chat_id, session.character_id, picked=session.persona_id)
+        user = persona_avatar_file(store, self.data_dir, chosen.persona.id) if chosen else None
+        bot = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
+        return user, bot
+
+    def avatars(self, session: Session) -> gr.Chatbot:
+        """The chat's avatars after the persona changed (picked, locked, a new picture); the messages stay."""
+        with self._store(session) as store:
+            return gr.Chatbot(avatar_images=self._avatars(store, session))
 
     def picker(self, session: Session) -> gr.Dropdown:
         if session.character_id is None:
