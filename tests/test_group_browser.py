@@ -74,6 +74,7 @@ def test_group_chat_turns_routing_reload_and_export(page: Page, server: AppServe
     expect(page.locator("#group_status")).to_contain_text("list order", timeout=15_000)
     expect(page.locator("#group_status")).to_contain_text("<img src=x onerror=alert(1)> Crew")
     greeted = speakers(page)
+    expect(page.locator('#chatbot img[alt="bot avatar"]')).to_have_count(0)  # not the first member's on every reply
     assert greeted == [n for n in MEMBERS if n in greeted] and len(greeted) >= 2  # each member's greeting, in order
     send(page, "Hello, crew! Report in.")
     send(page, "Thanks. Anything else?")

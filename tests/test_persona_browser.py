@@ -88,6 +88,7 @@ def test_the_users_messages_show_the_personas_avatar(page: Page, server: AppServ
     expect(page.get_by_test_id("user").last).to_contain_text("Who am I?", timeout=30_000)
     user_avatar = page.locator('#chatbot img[alt="user avatar"]').first  # none before: no persona, no picture
     expect(user_avatar).to_be_visible(timeout=15_000)
+    expect(page.locator('#chatbot img[alt="bot avatar"]').first).to_be_visible()  # and Captain Juno's, as before
     with Store.open(server.data_dir) as store:
         (quill,) = [p for p in store.personas() if p.name == "Quill"]
         drawn = persona_avatar_path(server.data_dir, store.owner, quill.id)  # drawn from the name

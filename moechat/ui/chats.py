@@ -61,10 +61,12 @@ class ChatList:
         return ChatOpened(views, self.picker(session), self.info(session), self.title(session)).flat()
 
     def _avatars(self, store: Store, session: Session) -> tuple[str | None, str | None]:
-        """The chat's avatars: the persona its turns use (none: no picture) and the character."""
+        """The chat's avatars: the persona its turns use (none: no picture) and the character. A group chat has no
+        character picture: Gradio's chatbot has one per role, and every member's reply would wear the first's."""
         chosen = store.chosen_persona(session.chat_id, session.character_id, picked=session.persona_id)
         user = persona_avatar_file(store, self.data_dir, chosen.persona.id) if chosen else None
-        bot = avatar_file(store, self.data_dir, session.character_id) if session.character_id else None
+        group = session.chat_id is not None and store.chat_group(session.chat_id) is not None
+        bot = avatar_file(store, self.data_dir, session.character_id) if session.character_id and not group else None
         return user, bot
 
     def avatars(self, session: Session) -> gr.Chatbot:
