@@ -83,6 +83,22 @@ def test_available_memory_is_the_smaller_of_the_host_and_the_container(tmp_path:
     assert available_memory(_machine(tmp_path / "none", None, {})) is None
 
 
+def test_a_containers_inactive_page_cache_counts_as_free(tmp_path: Path) -> None:
+    # a container at its limit, mostly on file cache the kernel would drop first (after a pip install, say)
+    cached = {
+        "memory.max": str(8 * GIB),
+        "memory.current": str(8 * GIB),
+        "memory.stat": f"anon {2 * GIB}\nfile {6 * GIB}\ninactive_file {5 * GIB}\nactive_file {GIB}",
+    }
+    assert available_memory(_machine(tmp_path / "v2", 64 * 1024 * 1024, cached)) == 5 * GIB
+    v1 = {
+        "memory/memory.limit_in_bytes": str(8 * GIB),
+        "memory/memory.usage_in_bytes": str(7 * GIB),
+        "memory/memory.stat": f"cache {5 * GIB}\ntotal_inactive_file {4 * GIB}",
+    }
+    assert available_memory(_machine(tmp_path / "v1", 64 * 1024 * 1024, v1)) == 5 * GIB
+
+
 def test_a_context_gets_the_sequences_that_fit(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     path = tiny_models["moe2"]
     info = read_info(path)

@@ -48,22 +48,39 @@ def fit_parallel(requested: int, n_ctx: int, per_token: int, model_bytes: int, a
 
 
 def available_memory(root: Path = Path("/")) -> int | None:
-    """Bytes this process may still take: MemAvailable, capped by its cgroup's limit less its usage (containers,
-    Spaces: MemAvailable there is the host's). None where neither is readable (not Linux)."""
+    """Bytes this process may still take: MemAvailable, capped by its cgroup's limit less its working set
+    (containers, Spaces: MemAvailable there is the host's). The working set leaves out the inactive page cache,
+    which the kernel reclaims before it kills (a container that read many files sits near its limit on cache alone).
+    None where neither is readable (not Linux)."""
     found: list[int] = []
-    try:
-        for line in (root / "proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
+    meminfo = _fields(root / "proc/meminfo")
+    if "MemAvailable" in meminfo:
+        found.append(meminfo["MemAvailable"] * 1024)
     cgroup = root / "sys/fs/cgroup"
-    v1 = ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")
-    for limit_file, usage_file in (("memory.max", "memory.current"), v1):
+    v1 = ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file")
+    for limit_file, usage_file, stat_file, inactive in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        v1,
+    ):
         try:
-            limit, usage = (cgroup / limit_file).read_text().strip(), (cgroup / usage_file).read_text().strip()
-            if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a v1 "no limit" value: none
-                found.append(max(int(limit) - int(usage), 0))
+            limit, usage = (cgroup / limit_file).read_text().strip(), int((cgroup / usage_file).read_text())
         except (OSError, ValueError):
             continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a v1 "no limit" value: none
+            working_set = max(usage - _fields(cgroup / stat_file).get(inactive, 0), 0)
+            found.append(max(int(limit) - working_set, 0))
     return min(found) if found else None
+
+
+def _fields(path: Path) -> dict[str, int]:
+    """`name value` lines (/proc/meminfo's `MemAvailable: 123 kB`, cgroup's memory.stat) as numbers."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        parts = line.replace(":", " ").split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            fields[parts[0]] = int(parts[1])
+    return fields
