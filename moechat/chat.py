@@ -83,14 +83,20 @@ def start_chat(
     and `{{persona}}` in them are the persona's name and description: the character's locked persona, else
     `persona_id`, else the default, else `user_name` and `persona`."""
     card = character_card(store, character_id)
-    chosen = store.chosen_persona(character_id=character_id, picked=persona_id)
-    user = Persona(chosen.persona.name, chosen.persona.description) if chosen else Persona(user_name, persona)
+    user = _greeted(store, character_id, persona_id, Persona(user_name, persona))
     greetings = tuple(
         macros.substitute(g, char=card.char_name, user=user.name, persona=user.description, seed=character_id)
         for g in card.greetings
         if g
     )
     return store.create_chat(character_id, title=title, greetings=greetings).id
+
+
+def _greeted(store: Store, character_id: int | None, persona_id: int | None, typed: Persona) -> Persona:
+    """Who a new chat's greetings address: the character's locked persona, else the picked one, else the
+    default, else the name and persona typed in the UI."""
+    chosen = store.chosen_persona(character_id=character_id, picked=persona_id)
+    return Persona(chosen.persona.name, chosen.persona.description) if chosen else typed
 
 
 def turn_persona(store: Store, chat_id: int, options: TurnOptions) -> Persona:
@@ -114,8 +120,7 @@ def start_group_chat(
     """A new chat of a group, opening with each member's greeting in order (alternate greetings as swipes), `{{user}}`
     and `{{persona}}` as in `start_chat` (the picked persona, else the default, else `user_name` and `persona`)."""
     group = store.group(group_id)
-    chosen = store.chosen_persona(picked=persona_id)
-    user = Persona(chosen.persona.name, chosen.persona.description) if chosen else Persona(user_name, persona)
+    user = _greeted(store, None, persona_id, Persona(user_name, persona))
     return store.create_group_chat(group_id, greetings(store, group, user.name, user.description), title=title).id
 
 

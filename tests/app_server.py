@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import Browser, Locator, Page
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -88,3 +89,20 @@ def fill_and_hold(box: Locator, value: str, enter: bool = False) -> None:
 def set_slider(page: Page, elem_id: str, value: int) -> None:
     """Sets a gr.Slider through its number box (Enter commits it), as a user would."""
     fill_and_hold(page.locator(f"#{elem_id} input[type=number]"), str(value), enter=True)
+
+
+@contextmanager
+def app_page(browser: Browser, url: str, height: int = 1100) -> Iterator[Page]:
+    """A page of the app in a fresh browser context (its own visitor), once the gallery shows. Any dialog that
+    opens (alert, confirm...: a script from some text ran) is dismissed and fails the test when the page closes."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1600, "height": height})
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
+    yield page
+    context.close()
+    assert dialogs == [], f"a script ran: {dialogs}"

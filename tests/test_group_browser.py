@@ -17,7 +17,7 @@ from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.commands import chats
 from moechat.gguf.tiny import write_tiny_gguf
-from tests.app_server import AppServer, StartApp, fill_and_hold, set_slider
+from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, set_slider
 from tests.models import BROWSER_MOE
 
 pytestmark = pytest.mark.browser
@@ -34,15 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_app_server: StartApp
 
 @pytest.fixture
 def page(browser: Browser, server: AppServer) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1300})
-    pg = context.new_page()
-    pg.dialogs = []  # type: ignore[attr-defined]
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
-    pg.goto(server.url)
-    expect(pg.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
-    yield pg
-    assert pg.dialogs == []  # type: ignore[attr-defined]  # no script from any name ever ran
-    context.close()
+    with app_page(browser, server.url, height=1300) as pg:  # no script from any name may run
+        yield pg
 
 
 def wait_idle(page: Page) -> None:

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 from moechat.gguf.tiny import write_tiny_gguf
 from moechat.library import persona_avatar_path
 from moechat.store.store import Store
-from tests.app_server import AppServer, StartApp, fill_and_hold
+from tests.app_server import AppServer, StartApp, app_page, fill_and_hold
 from tests.models import BROWSER_MOE
 
 pytestmark = pytest.mark.browser
@@ -29,15 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_app_server: StartApp
 
 @pytest.fixture
 def page(browser: Browser, server: AppServer) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    pg = context.new_page()
-    dialogs: list[str] = []
-    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    pg.goto(server.url)
-    expect(pg.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
-    yield pg
-    assert dialogs == []  # no script from any text ever ran
-    context.close()
+    with app_page(browser, server.url) as pg:  # no script from any text may run
+        yield pg
 
 
 def choose(page: Page, label: str) -> None:

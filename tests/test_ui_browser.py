@@ -20,7 +20,7 @@ from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.cards.card import Card, card_bytes
 from moechat.gguf.tiny import write_tiny_gguf
-from tests.app_server import AppServer, StartApp, fill_and_hold, set_slider
+from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, set_slider
 from tests.models import BROWSER_MOE, BROWSER_SECOND_MOE
 
 pytestmark = pytest.mark.browser
@@ -35,16 +35,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_app_server: StartApp
 
 @pytest.fixture
 def page(browser: Browser, server: AppServer) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    pg = context.new_page()
-    pg.dialogs = []  # type: ignore[attr-defined]
-    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
-    pg.goto(server.url)
-    expect(pg.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
-    set_max_tokens(pg, 48)
-    yield pg
-    assert pg.dialogs == []  # type: ignore[attr-defined]  # no script from any text ever ran
-    context.close()
+    with app_page(browser, server.url) as pg:  # no script from any text may run
+        set_max_tokens(pg, 48)
+        yield pg
 
 
 def set_max_tokens(page: Page, n: int) -> None:
