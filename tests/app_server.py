@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,3 +106,25 @@ def app_page(browser: Browser, url: str, height: int = 1100) -> Iterator[Page]:
     yield page
     context.close()
     assert dialogs == [], f"a script ran: {dialogs}"
+
+
+def wait_idle(page: Page, timeout_ms: int = 90_000) -> None:
+    """Until no output of the page is streaming (a turn that has not begun within 2 s counts as none)."""
+    from playwright.sync_api import TimeoutError as PWTimeout
+    from playwright.sync_api import expect
+
+    with suppress(PWTimeout):
+        page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
+    expect(page.locator(".generating")).to_have_count(0, timeout=timeout_ms)
+
+
+def send_message(page: Page, text: str, timeout_ms: int = 90_000) -> None:
+    """Types a message, presses Enter and waits for the turn to end. The box empties when the turn begins (the
+    message joins the chat), so a turn still waiting in Gradio's queue is not mistaken for one that ended."""
+    from playwright.sync_api import expect
+
+    box = page.locator("#msg textarea")
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value("", timeout=timeout_ms)
+    wait_idle(page, timeout_ms)

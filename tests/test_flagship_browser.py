@@ -6,7 +6,6 @@ the shape, and a solo swipe replies with one expert and says it has no routing.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import pytest
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect, sync_playwright
-from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.gguf.tiny import FLAGSHIP, write_tiny_gguf
-from tests.app_server import ARGS, CHROMIUM, AppServer, set_slider
+from tests.app_server import ARGS, CHROMIUM, AppServer, send_message, set_slider, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 HEATMAP = "#heatmap .js-plotly-plot"
@@ -46,21 +44,13 @@ def page(server: AppServer) -> Iterator[Page]:
         browser.close()
 
 
-def wait_idle(page: Page) -> None:
-    with contextlib.suppress(PWTimeout):
-        page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
-    expect(page.locator(".generating")).to_have_count(0, timeout=60_000)
-
-
 def test_chat_turn_shows_routing_of_all_32_layers_then_a_solo_swipe(page: Page) -> None:
     page.get_by_text("Persona, format and sampling").click()
     set_slider(page, "max_tok", 16)
     page.locator("#gallery .thumbnail-item", has_text="Captain Juno").first.click()
     expect(page.locator("#char_info")).to_contain_text("Captain Juno")
     wait_idle(page)
-    page.locator("#msg textarea").fill("Hello captain, what is our heading?")
-    page.locator("#msg textarea").press("Enter")
-    wait_idle(page)
+    send_message(page, "Hello captain, what is our heading?")
     bots = page.get_by_test_id("bot")
     expect(bots).to_have_count(2)
     expect(bots.last).to_contain_text("% Xwin")  # the reply's routing badge

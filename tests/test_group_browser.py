@@ -4,7 +4,6 @@ exported as SillyTavern's group JSONL + group JSON imports again unchanged. Scre
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +12,10 @@ import pytest
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect
-from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.commands import chats
 from moechat.gguf.tiny import write_tiny_gguf
-from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, set_slider
+from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, send_message, set_slider, wait_idle
 from tests.models import BROWSER_MOE
 
 pytestmark = pytest.mark.browser
@@ -36,18 +34,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, module_app_server: StartApp
 def page(browser: Browser, server: AppServer) -> Iterator[Page]:
     with app_page(browser, server.url, height=1300) as pg:  # no script from any name may run
         yield pg
-
-
-def wait_idle(page: Page) -> None:
-    with contextlib.suppress(PWTimeout):
-        page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
-    expect(page.locator(".generating")).to_have_count(0, timeout=90_000)
-
-
-def send(page: Page, text: str) -> None:
-    page.locator("#msg textarea").fill(text)
-    page.locator("#msg textarea").press("Enter")
-    wait_idle(page)
 
 
 def speakers(page: Page) -> list[str]:
@@ -69,8 +55,9 @@ def test_group_chat_turns_routing_reload_and_export(page: Page, server: AppServe
     greeted = speakers(page)
     expect(page.locator('#chatbot img[alt="bot avatar"]')).to_have_count(0)  # not the first member's on every reply
     assert greeted == [n for n in MEMBERS if n in greeted] and len(greeted) >= 2  # each member's greeting, in order
-    send(page, "Hello, crew! Report in.")
-    send(page, "Thanks. Anything else?")
+    for turn, text in enumerate(["Hello, crew! Report in.", "Thanks. Anything else?"], 1):
+        send_message(page, text)
+        expect(page.locator("#chatbot .bot sub b")).to_have_count(len(greeted) + turn * len(MEMBERS), timeout=30_000)
     after_turns = speakers(page)
     assert after_turns[len(greeted) :] == MEMBERS * 2  # list order: every member replies, in the chosen order
     page.locator("#group_speaker input").click()

@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
-import contextlib
 import json
 
 from playwright.sync_api import Browser, Page, expect
-from playwright.sync_api import TimeoutError as PWTimeout
 
 from moechat.cards.card import Card, card_bytes
 from moechat.gguf.tiny import write_tiny_gguf
-from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, set_slider
+from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, send_message, set_slider, wait_idle
 from tests.models import BROWSER_MOE, BROWSER_SECOND_MOE
 
 pytestmark = pytest.mark.browser
@@ -45,17 +43,6 @@ def set_max_tokens(page: Page, n: int) -> None:
     set_slider(page, "max_tok", n)
 
 
-def wait_idle(page: Page) -> None:
-    with contextlib.suppress(PWTimeout):
-        page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
-    expect(page.locator(".generating")).to_have_count(0, timeout=60_000)
-
-
-def send(page: Page, text: str) -> None:
-    page.locator("#msg textarea").fill(text)
-    page.locator("#msg textarea").press("Enter")
-
-
 def pick(page: Page, name: str) -> None:
     page.locator("#gallery .thumbnail-item", has_text=name).first.click()
     expect(page.locator("#char_info")).to_contain_text(name)
@@ -65,9 +52,8 @@ def pick(page: Page, name: str) -> None:
 def test_chat_streams_with_coloured_tokens_and_heatmap(page: Page, server: AppServer) -> None:
     pick(page, "Captain Juno")
     expect(page.get_by_test_id("bot").first).to_contain_text("airlock")
-    send(page, "Hello captain, what is our heading?")
+    send_message(page, "Hello captain, what is our heading?")
     expect(page.get_by_test_id("user").last).to_contain_text("what is our heading?")
-    wait_idle(page)
     expect(page.get_by_test_id("bot")).to_have_count(2)
     expect(page.get_by_test_id("bot").last).to_contain_text("% Xwin")  # the routing badge
     assert page.locator("#tokens .moe-tok").count() > 10
@@ -92,17 +78,29 @@ def test_regenerate_and_swipe(page: Page) -> None:
     expect(page.get_by_test_id("bot").last).to_contain_text("swipe 2/2")
 
 
-def test_stop_mid_reply(page: Page) -> None:
+def test_stop_mid_reply_and_what_is_pressed_meanwhile(page: Page) -> None:
+    """While a reply streams, a second message stays in its box (not sent, not lost) and Regenerate is refused
+    with a warning (one turn per tab); Stop ends the reply early."""
     page.get_by_label("Greedy (repeatable)").check()
     set_slider(page, "max_tok", 1024)
-    before = page.get_by_test_id("bot").count()
-    send(page, "Tell me a very long story.")
+    before, users = page.get_by_test_id("bot").count(), page.get_by_test_id("user").count()
+    box = page.locator("#msg textarea")
+    box.fill("Tell me a very long story.")
+    box.press("Enter")
     expect(page.get_by_test_id("bot")).to_have_count(before + 1, timeout=30_000)
     expect(page.get_by_test_id("bot").last).to_contain_text("aaaaaaaa", timeout=60_000)  # streaming has begun
+    expect(box).to_have_value("")
+    box.fill("And then what happened?")
+    box.press("Enter")
+    page.locator("#regen").click()
+    expect(page.get_by_text("A reply is still being written in this tab")).to_be_visible(timeout=15_000)
     page.locator("#stop").click()
     wait_idle(page)
     n = page.locator("#tokens .moe-tok").count()
     assert 0 < n < 1000, f"{n} tokens: the reply was not stopped"
+    expect(page.get_by_test_id("user")).to_have_count(users + 1)
+    expect(page.get_by_test_id("user").last).to_contain_text("very long story")
+    assert box.input_value() == "And then what happened?"
 
 
 def test_history_survives_reload_and_restart(page: Page, server: AppServer) -> None:
@@ -133,8 +131,7 @@ def test_import_png_card_hostile_text_stays_text(page: Page, tmp_path: Path, ser
     page.get_by_role("tab", name="Chat").click()
     expect(page.locator("#char_info")).to_contain_text(f"notes {HOSTILE}")
     expect(page.get_by_test_id("bot").first).to_contain_text("<script>alert(2)</script> Hi!")
-    send(page, f"{HOSTILE} <script>alert(3)</script>")
-    wait_idle(page)
+    send_message(page, f"{HOSTILE} <script>alert(3)</script>")
     expect(page.get_by_test_id("user").last).to_contain_text(HOSTILE)
     expect(page.get_by_test_id("bot")).to_have_count(2)
     assert page.locator("#chatbot img[src=x], #char_info img[src=x], #chatbot script").count() == 0
@@ -215,8 +212,7 @@ def test_switch_to_a_second_model_and_chat(page: Page, server: AppServer) -> Non
     page.get_by_role("tab", name="Chat").click()
     pick(page, "Captain Juno")
     n = bots(page).count()
-    send(page, "And now, with the new model?")
-    wait_idle(page)
+    send_message(page, "And now, with the new model?")
     expect(bots(page)).to_have_count(n + 1)
     expect(page.locator("#tokens .moe-legend")).to_contain_text("Delta")
 
@@ -247,8 +243,7 @@ def test_world_info_and_sillytavern_presets_are_imported(page: Page, tmp_path: P
     page.get_by_role("tab", name="Chat").click()
     page.locator("#st_instruct input[type=file]").set_input_files(str(preset))
     expect(page.locator("#st_status")).to_contain_text("SillyTavern preset in use: Brief + Default", timeout=30_000)
-    send(page, "Tell me about the harbor.")
-    wait_idle(page)
+    send_message(page, "Tell me about the harbor.")
     page.get_by_text("Context meter").click()
     expect(page.locator("#context")).to_contain_text("Harbor #0: key 'harbor'")
     expect(page.locator("#context")).to_contain_text("prompt")  # the preset's report: one section

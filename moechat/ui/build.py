@@ -37,7 +37,7 @@ from moechat.ui.messages import MessageActions
 from moechat.ui.models import ModelSwitcher, expert_choices
 from moechat.ui.outputs import ChatOpened, ChatOutputs
 from moechat.ui.personas import PersonasUI
-from moechat.ui.session import Session, StopFlags, Stores
+from moechat.ui.session import Session, Stores, Turns
 from moechat.ui.turn_inputs import TurnInputs
 from moechat.ui.world_info import WorldInfoUI
 
@@ -96,7 +96,6 @@ class Page:
 
     session: gr.State
     owner: gr.BrowserState
-    pending: gr.State  # the message being sent (the box is cleared at once)
     chat: ChatTab
     characters: CharactersTab
     model: ModelTab
@@ -114,6 +113,7 @@ class Page:
             drift=routing.drift,
             context=routing.context,
             model_panel=self.model.model_md,
+            msg=talk.msg,
         )
 
     def opened(self) -> list[Component]:
@@ -125,7 +125,7 @@ class Page:
 
 def _handlers(slot: ModelSlot, store: Store, settings: Settings) -> Handlers:
     data_dir = Path(settings.data_dir)
-    chat_ui = ChatUI(slot, Stores(store), StopFlags(), data_dir)
+    chat_ui = ChatUI(slot, Stores(store), Turns(), data_dir)
     chats = ChatList(chat_ui, data_dir, data_dir / "exports")
     return Handlers(
         chat=chat_ui,
@@ -145,11 +145,10 @@ def build_ui(slot: ModelSlot, store: Store, settings: Settings) -> gr.Blocks:
     with gr.Blocks(title="moechat", analytics_enabled=False) as demo:
         session = gr.State(Session())
         owner = gr.BrowserState("", storage_key="moechat_owner", secret=_secret(Path(settings.data_dir)))
-        pending = gr.State("")
         chat = chat_tab(engine.info.n_layers, expert_choices(engine))
         characters = characters_tab()
         model = model_tab(h.models.panel(), h.models.status())
-        ui = Page(session, owner, pending, chat, characters, model)
+        ui = Page(session, owner, chat, characters, model)
         opening = _wire_chats(demo, ui, h, settings)
         llm = on_the_model(settings.parallel)
         turns = _wire_turns(ui, h, llm)
@@ -219,12 +218,9 @@ def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> list[Dependency]:
     talk, routing = ui.chat.talk, ui.chat.routing
     outputs, turn = list(ui.outputs()), _turn_controls(talk)
     send = _turn_event(h.chat.send)
-    turns = [
-        trigger(lambda t: ("", t), [talk.msg], [talk.msg, ui.pending], queue=False, **PRIVATE).then(
-            send, [ui.session, ui.pending, *turn], outputs, **llm
-        )
-        for trigger in (talk.send.click, talk.msg.submit)
-    ]
+    # the box empties when the turn begins (ChatOutputs.msg): a send Gradio drops, because this tab's last send is
+    # still streaming, or that a turn in progress refuses (ui.chat.BUSY), leaves the message where it was typed
+    turns = [on(send, [ui.session, talk.msg, *turn], outputs, **llm) for on in (talk.send.click, talk.msg.submit)]
     turns.append(talk.regen.click(_turn_event(h.chat.regenerate), [ui.session, *turn], outputs, **llm))
     turns.append(talk.cont.click(_turn_event(h.chat.continue_reply), [ui.session, *turn], outputs, **llm))
     talk.imp.click(_turn_event(h.chat.impersonate), [ui.session, *turn], [talk.msg], **llm)

@@ -34,6 +34,7 @@ METRICS_EVERY_S = 1.0  # routing metrics while streaming (a summary of the whole
 FIGURES_EVERY_S = 3.0  # heatmap and share bars while streaming (costly to build and to draw; final one always)
 FIGURES_BUDGET = 0.02  # ... and at most this share of the streaming time goes into building them
 Steer = tuple[str, int | None]  # moechat.moe.steering's mode ("top1", "solo") and expert
+BUSY = "A reply is still being written in this tab: wait for it, or press Stop."
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,12 @@ class ChatUI(ChatViews):
             gr.Warning("Pick a character first: click one in the gallery.")
             yield ChatOutputs.skip()
             return
-        with self.stores.lease(session.owner) as store:  # held until the reply is stored
-            cancel = self.flags.fresh(_key(request))
+        # the store lease is held until the reply is stored
+        with self.turns.run(_key(request)) as cancel, self.stores.lease(session.owner) as store:
+            if cancel is None:
+                gr.Warning(BUSY)
+                yield ChatOutputs.skip()  # a message stays in its box
+                return
             options = turn.options(session.st_preset, session.persona_id)
             kind, text = action.kind, action.text
             display = self.display(session)  # the history part of the chatbot value: built once per turn
@@ -115,7 +120,8 @@ class ChatUI(ChatViews):
                 display += [chat_message("assistant", "")]
             elif display:
                 display[-1] = chat_message("assistant", display[-1]["content"][0]["text"] if kind == "continue" else "")
-            yield ChatOutputs.skip()._replace(session=session, chatbot=list(display))
+            sent = "" if kind == "send" else gr.skip()  # the box empties as the message joins the chat
+            yield ChatOutputs.skip()._replace(session=session, chatbot=list(display), msg=sent)
             last = None
             try:
                 with self._lease(action.steer) as engine:
@@ -208,8 +214,10 @@ class ChatUI(ChatViews):
         if chat_id is None:
             gr.Warning("Pick a character first.")
             return
-        with self.stores.lease(session.owner) as store:
-            cancel = self.flags.fresh(_key(request))
+        with self.turns.run(_key(request)) as cancel, self.stores.lease(session.owner) as store:
+            if cancel is None:
+                gr.Warning(BUSY)
+                return
             shown, draft = 0.0, ""
             try:
                 options = turn.options(session.st_preset, session.persona_id)
@@ -223,7 +231,7 @@ class ChatUI(ChatViews):
         yield draft
 
     def stop(self, request: gr.Request | None = None) -> None:
-        self.flags.get(_key(request)).set()
+        self.turns.stop(_key(request))
 
 
 def _key(request: gr.Request | None) -> str | None:

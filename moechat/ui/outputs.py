@@ -27,6 +27,7 @@ class ChatOutputs(NamedTuple, Generic[T]):
     drift: T
     context: T  # the context meter
     model_panel: T
+    msg: T  # the message box: a send empties it as its message joins the chat (a send that never ran keeps it)
 
     @classmethod
     def skip(cls) -> ChatOutputs[Any]:

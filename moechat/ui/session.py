@@ -1,8 +1,8 @@
 """Per-visitor state of the UI and the shared handles it points into (no gradio here).
 
 A Session lives in a gr.State, so each browser tab has its own; its owner decides which store handle (and so
-which characters and chats) it sees; handles are leased from a bounded pool (Stores). Stop flags are per Gradio
-session too, so Stop in one tab never stops another tab's reply.
+which characters and chats) it sees; handles are leased from a bounded pool (Stores). A tab runs one turn at a
+time and has its own Stop flag (Turns), so Stop in one tab never stops another tab's reply.
 """
 
 from __future__ import annotations
@@ -123,22 +123,34 @@ class Stores:
             self._base.close()
 
 
-class StopFlags:
-    """A threading.Event per Gradio session: set by the Stop button, read by the engine between tokens."""
+class Turns:
+    """The turn each browser tab (Gradio session) is running, and its Stop flag. One turn per tab at a time: a
+    turn started while another streams (Regenerate pressed during a reply) is refused, so two turns never write
+    one chat at once. Stop sets the running turn's flag, which the engine reads between tokens; Stop in one tab
+    never stops another tab's reply."""
 
     def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
+        self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str | None) -> threading.Event:
+    @contextmanager
+    def run(self, key: str | None) -> Iterator[threading.Event | None]:
+        """The new turn's stop flag, the tab's until the block ends; None if the tab is running a turn already."""
+        key = key or "_"
         with self._lock:
-            return self._flags.setdefault(key or "_", threading.Event())
+            flag = None if key in self._running else self._running.setdefault(key, threading.Event())
+        if flag is None:
+            yield None
+            return
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                del self._running[key]
 
-    def fresh(self, key: str | None) -> threading.Event:
-        flag = self.get(key)
-        flag.clear()
-        return flag
-
-    def drop(self, key: str | None) -> None:
+    def stop(self, key: str | None) -> None:
+        """Stop the tab's running turn (nothing if none runs)."""
         with self._lock:
-            self._flags.pop(key or "_", None)
+            flag = self._running.get(key or "_")
+        if flag is not None:
+            flag.set()

@@ -23,7 +23,7 @@ from moechat.store.records import Message
 from moechat.ui.html import chat_message, model_markdown
 from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import Model, Shown, heatmap, metrics_view, share_bars, stored_view, token_view
-from moechat.ui.session import Session, StopFlags, Stores
+from moechat.ui.session import Session, Stores, Turns
 
 
 def model_of(engine: Engine) -> Model:
@@ -32,8 +32,8 @@ def model_of(engine: Engine) -> Model:
 
 
 class ChatViews:
-    def __init__(self, slot: ModelSlot, stores: Stores, flags: StopFlags, data_dir: Path) -> None:
-        self.slot, self.stores, self.flags, self.data_dir = slot, stores, flags, data_dir
+    def __init__(self, slot: ModelSlot, stores: Stores, turns: Turns, data_dir: Path) -> None:
+        self.slot, self.stores, self.turns, self.data_dir = slot, stores, turns, data_dir
         self._model: tuple[int, Model] | None = None
 
     @property
@@ -119,6 +119,7 @@ class ChatViews:
             drift=self.drift(session, messages),
             context=gr.skip(),
             model_panel=self.model_panel(session),
+            msg=gr.skip(),
         )
 
     def drift(self, session: Session, messages: list[Message]) -> Figure | None:
