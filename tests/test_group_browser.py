@@ -63,8 +63,9 @@ def test_group_chat_turns_routing_reload_and_export(page: Page, server: AppServe
     page.locator("#group_speaker input").click()
     page.locator("ul[role=listbox] li", has_text="Mira Voss").first.click()
     page.locator("#group_speak").click()
+    expect(page.locator("#chatbot .bot sub b")).to_have_count(len(after_turns) + 1, timeout=30_000)
     wait_idle(page)
-    assert speakers(page)[-1] == "Mira Voss" and len(speakers(page)) == len(after_turns) + 1
+    assert speakers(page)[-1] == "Mira Voss"
     table = page.locator("#char_table table")
     expect(table.locator("tbody tr")).to_have_count(3, timeout=30_000)
     rows = [r.inner_text() for r in table.locator("tbody tr").all()]

@@ -147,6 +147,7 @@ def test_continue_and_impersonate(page: Page) -> None:
     n = bots(page).count()
     before = bots(page).last.inner_text()
     page.locator("#continue").click()
+    expect(bots(page).last).not_to_have_text(before, timeout=30_000)
     wait_idle(page)
     expect(bots(page)).to_have_count(n)
     assert len(bots(page).last.inner_text()) > len(before)  # the reply grew in place
