@@ -50,18 +50,21 @@ class Private(TypedDict):
     api_visibility: Literal["public", "private", "undocumented"]
 
 
-class OnTheModel(Private):
-    """... and it runs in a queue of its own (a turn on the model, a model load)."""
+class OwnQueue(Private):
+    """... and it runs in a queue of its own (a turn on the model, a model load, the persona panel)."""
 
     concurrency_id: str
     concurrency_limit: int
 
 
 PRIVATE: Private = {"api_visibility": "private"}
-MODEL_LOAD: OnTheModel = {"concurrency_id": "model_load", "concurrency_limit": 1, "api_visibility": "private"}
+MODEL_LOAD: OwnQueue = {"concurrency_id": "model_load", "concurrency_limit": 1, "api_visibility": "private"}
+# the persona panel's actions and its refresh when a chat opens, one at a time (a few ms of SQLite each): a lock
+# clicked as a chat opens is never overwritten by that chat's older status
+PERSONA: OwnQueue = {"concurrency_id": "persona", "concurrency_limit": 1, "api_visibility": "private"}
 
 
-def on_the_model(parallel: int) -> OnTheModel:
+def on_the_model(parallel: int) -> OwnQueue:
     """Turns: as many run as the engine generates at once, and as many again wait in the engine's own queue
     (where the reply bubble shows their place, and API requests wait too); more wait in Gradio's queue."""
     return {"concurrency_id": "llm", "concurrency_limit": 2 * parallel, "api_visibility": "private"}
@@ -178,8 +181,8 @@ def _wire_chats(demo: gr.Blocks, ui: Page, h: Handlers, settings: Settings) -> l
 
     panel = ui.chat.talk.personas.values()
     load = demo.load(on_load, [ui.owner], [ui.owner, side.gallery, *opened], **PRIVATE)
-    load.then(h.personas.opened, [ui.session], panel, **PRIVATE)
-    side.chat_pick.change(h.personas.opened, [ui.session, side.chat_pick], panel, **PRIVATE)
+    load.then(h.personas.opened, [ui.session], panel, **PERSONA)
+    side.chat_pick.change(h.personas.opened, [ui.session, side.chat_pick], panel, **PERSONA)
     opening = [
         load,
         side.gallery.select(h.characters.pick, [ui.session], opened, **PRIVATE),
@@ -213,7 +216,7 @@ def _turn_event(handler: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T
     return event
 
 
-def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> list[Dependency]:
+def _wire_turns(ui: Page, h: Handlers, llm: OwnQueue) -> list[Dependency]:
     """The turn events; returns those that change a chat's replies (send, regenerate, continue)."""
     talk, routing = ui.chat.talk, ui.chat.routing
     outputs, turn = list(ui.outputs()), _turn_controls(talk)
@@ -238,7 +241,7 @@ def _wire_turns(ui: Page, h: Handlers, llm: OnTheModel) -> list[Dependency]:
     return turns
 
 
-def _wire_groups(ui: Page, h: Handlers, opening: list[Dependency], turns: list[Dependency], llm: OnTheModel) -> None:
+def _wire_groups(ui: Page, h: Handlers, opening: list[Dependency], turns: list[Dependency], llm: OwnQueue) -> None:
     """Group chats: create, open, who speaks next, mute; the group panel after a chat opens, the per-character
     routing after every change."""
     g, panel, talk = h.groups, ui.chat.groups, ui.chat.talk
@@ -286,10 +289,10 @@ def _wire_personas(ui: Page, h: Handlers) -> None:
     p, do = ui.chat.talk.personas, h.personas
     panel, session = p.values(), [ui.session]
     events = [
-        p.pick.input(do.pick, [ui.session, p.pick], panel, **PRIVATE),
-        p.new.click(do.create, [ui.session, p.user_name, p.persona], panel, **PRIVATE),
-        p.save.click(do.save, [ui.session, p.user_name, p.persona], panel, **PRIVATE),
-        p.avatar.upload(do.upload_avatar, [ui.session, p.avatar], panel, **PRIVATE),
+        p.pick.input(do.pick, [ui.session, p.pick], panel, **PERSONA),
+        p.new.click(do.create, [ui.session, p.user_name, p.persona], panel, **PERSONA),
+        p.save.click(do.save, [ui.session, p.user_name, p.persona], panel, **PERSONA),
+        p.avatar.upload(do.upload_avatar, [ui.session, p.avatar], panel, **PERSONA),
     ]
     for button, handler in (
         (p.delete, do.delete),
@@ -298,7 +301,7 @@ def _wire_personas(ui: Page, h: Handlers) -> None:
         (p.lock_character, do.lock_character),
         (p.unlock, do.unlock),
     ):
-        events.append(button.click(handler, session, panel, **PRIVATE))
+        events.append(button.click(handler, session, panel, **PERSONA))
     for event in events:  # the user's messages show the persona the chat's turns now use
         event.then(h.chats.avatars, session, [ui.chat.talk.chatbot], **PRIVATE)
 
