@@ -89,10 +89,15 @@ def edited_card(base: Card | None, fields: dict[str, str]) -> Card:
     return card.with_avatar(base.avatar_png if base is not None else None)
 
 
+def avatars_dir(data_dir: Path) -> Path:
+    """Every owner's avatar images (characters' and personas'): the only part of the data dir the app serves."""
+    return data_dir / "avatars"
+
+
 def avatar_path(data_dir: Path, owner: str, character_id: int) -> Path:
     """Where a character's avatar image is kept (the store keeps only the card's JSON)."""
     folder = hashlib.sha256(owner.encode()).hexdigest()[:16]
-    return data_dir / "avatars" / folder / f"{character_id}.png"
+    return avatars_dir(data_dir) / folder / f"{character_id}.png"
 
 
 def persona_avatar_path(data_dir: Path, owner: str, persona_id: int) -> Path:

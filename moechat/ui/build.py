@@ -9,6 +9,7 @@ chat view's outputs are ui.outputs.ChatOutputs, and a turn's controls reach the 
 from __future__ import annotations
 
 import secrets
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -22,7 +23,7 @@ from gradio.events import Dependency
 from gradio.routes import App
 
 from moechat.config import Settings
-from moechat.library import import_bundled
+from moechat.library import avatars_dir, import_bundled
 from moechat.models.slot import ModelSlot
 from moechat.store.records import LOCAL_OWNER
 from moechat.store.store import Store
@@ -129,7 +130,7 @@ class Page:
 def _handlers(slot: ModelSlot, store: Store, settings: Settings) -> Handlers:
     data_dir = Path(settings.data_dir)
     chat_ui = ChatUI(slot, Stores(store), Turns(), data_dir)
-    chats = ChatList(chat_ui, data_dir, data_dir / "exports")
+    chats = ChatList(chat_ui, data_dir, Path(tempfile.mkdtemp(prefix="moechat-chats-")))
     return Handlers(
         chat=chat_ui,
         chats=chats,
@@ -309,13 +310,15 @@ def _wire_personas(ui: Page, h: Handlers) -> None:
 def launch(
     demo: gr.Blocks, settings: Settings, *, block: bool = True, on_app: Callable[[App], None] | None = None
 ) -> App:
-    """Serve the app (no analytics, no run history in the browser, avatars served from the data dir).
+    """Serve the app (no analytics, no run history in the browser). Of the data dir only the avatars are served
+    (the database and the browser secret beside them never are); exports are written to temporary folders, and
+    Gradio serves its own copies of them.
     `on_app(app)` gets the running FastAPI app before the server blocks: a place to add routes (the /v1 API)."""
     app, _local, _share = demo.launch(
         server_name=settings.host,
         server_port=settings.port,
         share=settings.share,
-        allowed_paths=[str(Path(settings.data_dir).resolve())],
+        allowed_paths=[str(avatars_dir(Path(settings.data_dir)).resolve())],
         max_file_size=f"{settings.max_upload_mb}mb",
         run_history=False,
         footer_links=["settings"],
