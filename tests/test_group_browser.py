@@ -1,6 +1,7 @@
 """A group chat in a real browser: create a three-character group, two user turns answered by each member in
-list order, a member asked to speak, the per-character routing table filled; a reload keeps it all; the chat
-exported as SillyTavern's group JSONL + group JSON imports again unchanged. Screenshot for the README."""
+list order (each reply wearing its member's picture), a member asked to speak, the per-character routing table
+filled; a reload keeps it all; the chat exported as SillyTavern's group JSONL + group JSON imports again
+unchanged. Screenshot for the README."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from moechat.commands import chats
 from moechat.gguf.tiny import write_tiny_gguf
+from moechat.library import avatar_path
+from moechat.store.store import Store
 from tests.app_server import AppServer, StartApp, app_page, fill_and_hold, send_message, set_slider, wait_idle
 from tests.models import BROWSER_MOE
 
@@ -60,6 +63,14 @@ def test_group_chat_turns_routing_reload_and_export(page: Page, server: AppServe
         expect(page.locator("#chatbot .bot sub b")).to_have_count(len(greeted) + turn * len(MEMBERS), timeout=30_000)
     after_turns = speakers(page)
     assert after_turns[len(greeted) :] == MEMBERS * 2  # list order: every member replies, in the chosen order
+    faces = page.locator("#chatbot .bot img.moe-face")  # each reply wears its member's picture, loaded
+    assert [(f.get_attribute("alt"), f.evaluate("i => i.naturalWidth > 0")) for f in faces.all()] == [
+        (name, True) for name in after_turns
+    ]
+    with Store.open(server.data_dir) as store:
+        (mira,) = [c for c in store.characters() if c.name == "Mira Voss"]
+        picture = avatar_path(server.data_dir, store.owner, mira.id).read_bytes()
+    assert page.request.get(server.url + (faces.last.get_attribute("src") or "")).body() == picture
     page.locator("#group_speaker input").click()
     page.locator("ul[role=listbox] li", has_text="Mira Voss").first.click()
     page.locator("#group_speak").click()

@@ -133,3 +133,11 @@ def test_markdown_images_in_untrusted_text_are_never_fetched():
     assert "![" not in shown and "!\\[pixel]" in shown
     assert "[a link](https://example.org)" in shown
     assert "![" not in card_markdown("Eve", [], "![x](https://evil.example/x.png)")
+
+
+def test_a_group_members_picture_is_one_image_whatever_the_name() -> None:
+    name = '"><img src=x onerror=alert(1)>'
+    body = chat_message("assistant", "hi", label=name, face=(name, "gradio_api/file=/d/avatars/a b.png"))
+    text = body["content"][0]["text"]
+    assert text.count("<img") == 1 and text.startswith('<img class="moe-face" src="gradio_api/file=/d/avatars/a b.png"')
+    assert 'alt="&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"' in text

@@ -154,11 +154,13 @@ class ChatUI(ChatViews):
         start = time.monotonic()
         shown_live, metrics_due, figures_due = 0.0, start, start + FIGURES_EVERY_S
         sent_context = sent_user = False
-        message_id = None
+        message_id, group, face = None, self.group(session) is not None, None
         for upd in updates:
             if message_id is not None and upd.message_id != message_id:  # a group's next member: a new bubble
                 display.append(chat_message("assistant", ""))
                 live = LiveReply(self.model, session.layer, label)
+            if group and upd.message_id != message_id:  # who writes it, from its first update
+                face = self.faces(session, [upd.message_id]).get(upd.message_id)
             message_id = upd.message_id
             if upd.waiting:  # no token yet: the reply bubble says where this turn is in the model's queue
                 display[-1] = chat_message("assistant", queue_place(upd.waiting))
@@ -169,7 +171,7 @@ class ChatUI(ChatViews):
             if not final and now - shown_live < LIVE_EVERY_S:
                 continue
             shown_live = now
-            display[-1] = chat_message("assistant", upd.text)
+            display[-1] = chat_message("assistant", upd.text, label=face[0] if face else "", face=face)
             tokens = live.tokens_html(upd.token_texts, upd.probs)
             figures, metrics = not final and now >= figures_due, not final and now >= metrics_due
             if figures or metrics:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from urllib.parse import quote
 
 import numpy as np
 
@@ -258,6 +259,11 @@ def token_texts_from_offsets(text: str, offsets: Sequence[int] | np.ndarray) -> 
     return out
 
 
+def file_url(path: str) -> str:
+    """The URL Gradio serves a file under its allowed paths at (relative: the app may sit under a path prefix)."""
+    return "gradio_api/file=" + quote(path)
+
+
 def chat_message(
     role: str,
     text: str,
@@ -266,11 +272,15 @@ def chat_message(
     swipe: tuple[int, int] = (0, 1),
     hidden: bool = False,
     label: str = "",
+    face: tuple[str, str] | None = None,
 ) -> dict:
-    """One message for gr.Chatbot in block form (kept verbatim by Gradio): text escaped, then a footer with
-    the swipe position, its label (a steered swipe: "top-1 routing", "solo: Xwin"), the routing badge and the
+    """One message for gr.Chatbot in block form (kept verbatim by Gradio): a group member's picture (`face`:
+    name, image URL; Gradio's chatbot has one picture per role), the text escaped, then a footer with the swipe
+    position, its label (a steered swipe: "top-1 routing", "solo: Xwin"; who said it), the routing badge and the
     hidden flag."""
     body = display_text(text) or "…"
+    if face is not None:
+        body = f'<img class="moe-face" src="{esc(face[1])}" alt="{esc(face[0])}" title="{esc(face[0])}">' + body
     foot = []
     if swipe[1] > 1:
         foot.append(f"swipe {swipe[0] + 1}/{swipe[1]}")
@@ -297,4 +307,6 @@ CSS = """
 .moe-metrics th, .moe-context th { text-align: left; font-weight: 600; padding-right: 8px; }
 .moe-context progress { width: 100%; }
 .moe-empty { opacity: 0.7; font-size: 13px; }
+.moe-face { float: left; width: 40px !important; height: 40px !important; max-width: 40px; border-radius: 50% !important;
+  object-fit: cover; margin: 0 10px 4px 0 !important; }
 """

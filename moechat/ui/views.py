@@ -7,6 +7,7 @@ routing summary (badge, drift share) is computed once per session and cached: ro
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,15 @@ import gradio as gr
 import numpy as np
 
 from moechat.engine.engine import Engine
+from moechat.errors import StoreError
 from moechat.gguf.info import expert_labels
+from moechat.library import avatar_file
 from moechat.models.slot import ModelSlot
 from moechat.plots import Figure, drift_figure
 from moechat.routing.summary import Summary, summarize
 from moechat.store.groups import GroupInfo
 from moechat.store.records import Message
-from moechat.ui.html import chat_message, model_markdown
+from moechat.ui.html import chat_message, file_url, model_markdown
 from moechat.ui.outputs import ChatOutputs
 from moechat.ui.routing import Model, Shown, heatmap, metrics_view, share_bars, stored_view, token_view
 from moechat.ui.session import Session, Stores, Turns
@@ -59,8 +62,26 @@ class ChatViews:
         messages = self.messages(session) if messages is None else messages
         session.message_ids = [m.id for m in messages]
         name = self.engine.info.name
-        group = self.group(session) is not None
-        return [self.bubble(session, m, name, named=group) for m in messages]
+        if self.group(session) is None:
+            return [self.bubble(session, m, name) for m in messages]
+        faces = self.faces(session, [m.id for m in messages if m.role == "assistant"])
+        return [self.bubble(session, m, name, named=True, face=faces.get(m.id)) for m in messages]
+
+    def faces(self, session: Session, message_ids: list[int]) -> dict[int, tuple[str, str]]:
+        """A group chat's replies: message id -> (the member's name, their picture's URL), for the messages that
+        record who said them (and whose character still exists)."""
+        if session.chat_id is None:
+            return {}
+        out = {}
+        with self.stores.lease(session.owner) as store:
+            speakers = store.speakers(session.chat_id)
+            for message_id in message_ids:
+                if (cid := speakers.get(message_id)) is None:
+                    continue
+                with suppress(StoreError):  # a member deleted since: the name alone
+                    name = store.character(cid).name
+                    out[message_id] = (name, file_url(avatar_file(store, self.data_dir, cid)))
+        return out
 
     def group(self, session: Session) -> GroupInfo | None:
         """The open chat's group (None: a one-to-one chat, or no chat)."""
@@ -69,7 +90,9 @@ class ChatViews:
         with self.stores.lease(session.owner) as store:
             return store.chat_group(session.chat_id)
 
-    def bubble(self, session: Session, m: Message, model_name: str, named: bool = False) -> dict:
+    def bubble(
+        self, session: Session, m: Message, model_name: str, named: bool = False, face: tuple[str, str] | None = None
+    ) -> dict:
         label = m.current.stats.model if m.role == "assistant" else ""
         shown_label = label if label and label != model_name else ""
         if named and m.role == "assistant":  # a group chat: who said it
@@ -77,7 +100,7 @@ class ChatViews:
         s = self.summary(session, m)
         return chat_message(
             m.role, m.text, badge=s.badge if s else "", swipe=(m.swipe_index, len(m.swipes)), hidden=m.hidden,
-            label=shown_label,
+            label=shown_label, face=face,
         )  # fmt: skip
 
     def summary(self, session: Session, m: Message) -> Summary | None:
