@@ -307,6 +307,6 @@ CSS = """
 .moe-metrics th, .moe-context th { text-align: left; font-weight: 600; padding-right: 8px; }
 .moe-context progress { width: 100%; }
 .moe-empty { opacity: 0.7; font-size: 13px; }
-.moe-face { float: left; width: 40px !important; height: 40px !important; max-width: 40px; border-radius: 50% !important;
-  object-fit: cover; margin: 0 10px 4px 0 !important; }
+.moe-face { float: left; width: 40px !important; height: 40px !important; max-width: 40px;
+  border-radius: 50% !important; object-fit: cover; margin: 0 10px 4px 0 !important; }
 """
