@@ -109,13 +109,17 @@ def app_page(browser: Browser, url: str, height: int = 1100) -> Iterator[Page]:
 
 
 def wait_idle(page: Page, timeout_ms: int = 90_000) -> None:
-    """Until no output of the page is streaming (a turn that has not begun within 2 s counts as none)."""
+    """Until no output of the page is streaming (a turn that has not begun within 2 s counts as none) and no
+    event is pending: the events chained after a turn (the per-character routing, the avatars) have run too. Gradio
+    shows each output's status in a status tracker, hidden when complete; a chained event turns its outputs'
+    trackers to pending in the same update that ends the turn's streaming."""
     from playwright.sync_api import TimeoutError as PWTimeout
     from playwright.sync_api import expect
 
     with suppress(PWTimeout):
         page.locator(".generating").first.wait_for(state="attached", timeout=2_000)
     expect(page.locator(".generating")).to_have_count(0, timeout=timeout_ms)
+    expect(page.locator("[data-testid=status-tracker]:not(.hide)")).to_have_count(0, timeout=timeout_ms)
 
 
 def send_message(page: Page, text: str, timeout_ms: int = 90_000) -> None:
