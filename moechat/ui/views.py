@@ -72,16 +72,13 @@ class ChatViews:
         record who said them (and whose character still exists)."""
         if session.chat_id is None:
             return {}
-        out = {}
+        members: dict[int, tuple[str, str]] = {}  # each member looked up once, however many messages are theirs
         with self.stores.lease(session.owner) as store:
             speakers = store.speakers(session.chat_id)
-            for message_id in message_ids:
-                if (cid := speakers.get(message_id)) is None:
-                    continue
+            for cid in {speakers[m] for m in message_ids if m in speakers}:
                 with suppress(StoreError):  # a member deleted since: the name alone
-                    name = store.character(cid).name
-                    out[message_id] = (name, file_url(avatar_file(store, self.data_dir, cid)))
-        return out
+                    members[cid] = (store.character(cid).name, file_url(avatar_file(store, self.data_dir, cid)))
+        return {m: members[speakers[m]] for m in message_ids if speakers.get(m) in members}
 
     def group(self, session: Session) -> GroupInfo | None:
         """The open chat's group (None: a one-to-one chat, or no chat)."""
